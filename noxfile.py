@@ -1,0 +1,48 @@
+"""Test sessions. Each builds ringkit into a fresh virtual environment, so a package installed by
+hand elsewhere cannot hide a missing dependency, and runs the suite against the installed package.
+
+    python3 -m nox -s tests          # the interpreter nox runs on (what CI runs)
+    python3 -m nox -s matrix         # CPython 3.10, 3.11, 3.12 and 3.13, where installed
+    python3 -m nox -s bench          # the benchmark suite and its report (Python 3.13 for fastring)
+"""
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = False
+nox.options.sessions = ["tests"]
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def _run_tests(session: nox.Session) -> None:
+    session.install("--upgrade", "pip")
+    session.install(".[test]")
+    # The suite imports ringkit from the virtual environment, never from src/.
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]),
+                env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite on the interpreter that runs nox."""
+    _run_tests(session)
+
+
+@nox.session(python=PYTHONS)
+def matrix(session: nox.Session) -> None:
+    """The whole suite on each supported CPython that is installed."""
+    _run_tests(session)
+
+
+@nox.session(python="3.13")
+def bench(session: nox.Session) -> None:
+    """The benchmark suite beside the peer libraries, then the markdown table and plots."""
+    session.install("--upgrade", "pip")
+    session.install(".[bench]")
+    os.makedirs("bench/results", exist_ok=True)
+    session.run("python", "-m", "pytest", "bench", "-p", "no:cacheprovider",
+                "--benchmark-json=bench/results/latest.json", *session.posargs)
+    session.run("python", "bench/report.py", "bench/results/latest.json")

@@ -1,0 +1,34 @@
+"""ringkit: place work and data across many machines.
+
+Batch key hashing, a consistent-hash ring with vectorised lookups, weighted load balancing,
+fenced distributed locks and primary/replica replication, with Cython kernels on the hot paths.
+"""
+
+from ringkit._hashing import ALGORITHMS, hash64, hash64_many
+from ringkit.errors import (
+    EmptyRingError,
+    LockError,
+    LockLostError,
+    LockNotOwnedError,
+    NoAvailableNodeError,
+    QuorumError,
+    RingkitError,
+    UnknownNodeError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "EmptyRingError",
+    "LockError",
+    "LockLostError",
+    "LockNotOwnedError",
+    "NoAvailableNodeError",
+    "QuorumError",
+    "RingkitError",
+    "UnknownNodeError",
+    "__version__",
+    "hash64",
+    "hash64_many",
+]

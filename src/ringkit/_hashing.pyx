@@ -1,0 +1,767 @@
+# cython: freethreading_compatible = True
+"""Batch key-hashing kernels: xxh64, murmur3 (x64_128, first half), fnv1a64 and md5.
+
+Written from the published algorithms (Collet's XXH64 specification, Appleby's MurmurHash3,
+the FNV-1a definition of Fowler, Noll and Vo, and RFC 1321). Keys are hashed as bytes: str as
+UTF-8, bytes-like as their bytes, int as 8 little-endian two's-complement bytes.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+cimport cython
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(_MSC_VER)
+    #  include <stdlib.h>
+    #  define RK_BSWAP64(x) _byteswap_uint64(x)
+    #  define RK_BSWAP32(x) _byteswap_ulong(x)
+    #else
+    #  define RK_BSWAP64(x) __builtin_bswap64(x)
+    #  define RK_BSWAP32(x) __builtin_bswap32(x)
+    #endif
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    #  define RK_BIG_ENDIAN 1
+    #else
+    #  define RK_BIG_ENDIAN 0
+    #endif
+    /* Unaligned little-endian loads; memcpy compiles to a single mov. */
+    static inline uint64_t rk_load64(const uint8_t *p) {
+        uint64_t v; memcpy(&v, p, 8);
+        return RK_BIG_ENDIAN ? RK_BSWAP64(v) : v;
+    }
+    static inline uint32_t rk_load32(const uint8_t *p) {
+        uint32_t v; memcpy(&v, p, 4);
+        return RK_BIG_ENDIAN ? RK_BSWAP32(v) : v;
+    }
+    static inline uint64_t rk_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+    static inline uint32_t rk_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+    #if defined(__GNUC__) || defined(__clang__)
+    #  define rk_prefetch(p) __builtin_prefetch((const void *)(p))
+    #else
+    #  define rk_prefetch(p) ((void)(p))
+    #endif
+    /* 64-bit constants do not fit a C enum; keep them as compile-time macros. */
+    #define RK_P64_1 0x9E3779B185EBCA87ULL
+    #define RK_P64_2 0xC2B2AE3D27D4EB4FULL
+    #define RK_P64_3 0x165667B19E3779F9ULL
+    #define RK_P64_4 0x85EBCA77C2B2AE63ULL
+    #define RK_P64_5 0x27D4EB2F165667C5ULL
+    #define RK_M_C1 0x87C37B91114253D5ULL
+    #define RK_M_C2 0x4CF5AD432745937FULL
+    #define RK_FMIX_1 0xFF51AFD7ED558CCDULL
+    #define RK_FMIX_2 0xC4CEB9FE1A85EC53ULL
+    #define RK_FNV_OFFSET 0xCBF29CE484222325ULL
+    #define RK_FNV_PRIME 0x100000001B3ULL
+    """
+    uint64_t rk_load64(const uint8_t* p) noexcept nogil
+    uint32_t rk_load32(const uint8_t* p) noexcept nogil
+    uint64_t rk_rotl64(uint64_t x, int r) noexcept nogil
+    uint32_t rk_rotl32(uint32_t x, int r) noexcept nogil
+    void rk_prefetch(const void* p) noexcept nogil
+    const uint64_t P64_1 "RK_P64_1"
+    const uint64_t P64_2 "RK_P64_2"
+    const uint64_t P64_3 "RK_P64_3"
+    const uint64_t P64_4 "RK_P64_4"
+    const uint64_t P64_5 "RK_P64_5"
+    const uint64_t M_C1 "RK_M_C1"
+    const uint64_t M_C2 "RK_M_C2"
+    const uint64_t FMIX_1 "RK_FMIX_1"
+    const uint64_t FMIX_2 "RK_FMIX_2"
+    const uint64_t FNV_OFFSET "RK_FNV_OFFSET"
+    const uint64_t FNV_PRIME "RK_FNV_PRIME"
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII_PTR "PyUnicode_IS_COMPACT_ASCII"(PyObject* o) noexcept nogil
+    void* PyUnicode_DATA_PTR "PyUnicode_DATA"(PyObject* o) noexcept nogil
+    Py_ssize_t PyUnicode_GET_LENGTH_PTR "PyUnicode_GET_LENGTH"(PyObject* o) noexcept nogil
+    bint PyUnicode_CheckExact_PTR "PyUnicode_CheckExact"(PyObject* o) noexcept nogil
+    PyObject** PySequence_Fast_ITEMS(object o)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    bint PyUnicode_Check(object o)
+    bint PyBytes_Check(object o)
+    bint PyLong_Check(object o)
+    bint PyIndex_Check(object o)
+    bint PyObject_CheckBuffer(object o)
+
+ALGORITHMS = ("xxh64", "murmur3", "fnv1a64", "md5")
+cdef dict _ALGORITHM_IDS = {name: i for i, name in enumerate(ALGORITHMS)}
+cdef uint64_t _SEED_LIMIT[4]
+_SEED_LIMIT[:] = [0xFFFFFFFFFFFFFFFF, 0xFFFFFFFF, 0, 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# XXH64
+
+cdef inline uint64_t _xxh_round(uint64_t acc, uint64_t lane) noexcept nogil:
+    acc = acc + lane * P64_2
+    acc = rk_rotl64(acc, 31)
+    return acc * P64_1
+
+cdef inline uint64_t _xxh_merge(uint64_t acc, uint64_t v) noexcept nogil:
+    acc = acc ^ _xxh_round(0, v)
+    return acc * P64_1 + P64_4
+
+cdef inline uint64_t _xxh_avalanche(uint64_t h) noexcept nogil:
+    h = h ^ (h >> 33)
+    h = h * P64_2
+    h = h ^ (h >> 29)
+    h = h * P64_3
+    return h ^ (h >> 32)
+
+cdef uint64_t xxh64(const uint8_t* data, size_t length, uint64_t seed) noexcept nogil:
+    return _xxh64(data, length, seed)
+
+cdef inline uint64_t _xxh64(const uint8_t* data, size_t length, uint64_t seed) noexcept nogil:
+    cdef const uint8_t* p = data
+    cdef const uint8_t* end = data + length
+    cdef const uint8_t* limit
+    cdef uint64_t v1, v2, v3, v4, h
+    if length >= 32:
+        limit = end - 32
+        v1 = seed + P64_1 + P64_2
+        v2 = seed + P64_2
+        v3 = seed
+        v4 = seed - P64_1
+        while p <= limit:
+            v1 = _xxh_round(v1, rk_load64(p))
+            v2 = _xxh_round(v2, rk_load64(p + 8))
+            v3 = _xxh_round(v3, rk_load64(p + 16))
+            v4 = _xxh_round(v4, rk_load64(p + 24))
+            p += 32
+        h = rk_rotl64(v1, 1) + rk_rotl64(v2, 7) + rk_rotl64(v3, 12) + rk_rotl64(v4, 18)
+        h = _xxh_merge(h, v1)
+        h = _xxh_merge(h, v2)
+        h = _xxh_merge(h, v3)
+        h = _xxh_merge(h, v4)
+    else:
+        h = seed + P64_5
+    h = h + <uint64_t>length
+    while p + 8 <= end:
+        h = h ^ _xxh_round(0, rk_load64(p))
+        h = rk_rotl64(h, 27) * P64_1 + P64_4
+        p += 8
+    if p + 4 <= end:
+        h = h ^ (<uint64_t>rk_load32(p) * P64_1)
+        h = rk_rotl64(h, 23) * P64_2 + P64_3
+        p += 4
+    while p < end:
+        h = h ^ (<uint64_t>p[0] * P64_5)
+        h = rk_rotl64(h, 11) * P64_1
+        p += 1
+    return _xxh_avalanche(h)
+
+cdef uint64_t xxh64_u64(uint64_t value, uint64_t seed) noexcept nogil:
+    """xxh64 of the 8 little-endian bytes of `value` (the int key form), without a buffer."""
+    cdef uint64_t h = seed + P64_5 + 8
+    h = h ^ _xxh_round(0, value)
+    h = rk_rotl64(h, 27) * P64_1 + P64_4
+    return _xxh_avalanche(h)
+
+
+# --------------------------------------------------------------------------------------------------
+# MurmurHash3 x64_128, first 64-bit half
+
+cdef inline uint64_t _fmix64(uint64_t k) noexcept nogil:
+    k = k ^ (k >> 33)
+    k = k * FMIX_1
+    k = k ^ (k >> 33)
+    k = k * FMIX_2
+    return k ^ (k >> 33)
+
+cdef uint64_t murmur3_64(const uint8_t* data, size_t length, uint64_t seed) noexcept nogil:
+    cdef size_t nblocks = length // 16
+    cdef size_t i
+    cdef uint64_t h1 = seed
+    cdef uint64_t h2 = seed
+    cdef uint64_t k1, k2
+    cdef const uint8_t* tail
+    cdef size_t rest
+    cdef Py_ssize_t j
+    for i in range(nblocks):
+        k1 = rk_load64(data + 16 * i)
+        k2 = rk_load64(data + 16 * i + 8)
+        k1 = k1 * M_C1
+        k1 = rk_rotl64(k1, 31)
+        k1 = k1 * M_C2
+        h1 = h1 ^ k1
+        h1 = rk_rotl64(h1, 27)
+        h1 = h1 + h2
+        h1 = h1 * 5 + <uint64_t>0x52DCE729
+        k2 = k2 * M_C2
+        k2 = rk_rotl64(k2, 33)
+        k2 = k2 * M_C1
+        h2 = h2 ^ k2
+        h2 = rk_rotl64(h2, 31)
+        h2 = h2 + h1
+        h2 = h2 * 5 + <uint64_t>0x38495AB5
+    tail = data + 16 * nblocks
+    rest = length & 15
+    k1 = 0
+    k2 = 0
+    # Tail bytes 8..14 feed k2 and bytes 0..7 feed k1, little-endian.
+    if rest > 8:
+        for j in range(<Py_ssize_t>rest - 1, 7, -1):
+            k2 = (k2 << 8) | tail[j]
+        k2 = k2 * M_C2
+        k2 = rk_rotl64(k2, 33)
+        k2 = k2 * M_C1
+        h2 = h2 ^ k2
+    if rest > 0:
+        for j in range(<Py_ssize_t>(rest if rest < 8 else 8) - 1, -1, -1):
+            k1 = (k1 << 8) | tail[j]
+        k1 = k1 * M_C1
+        k1 = rk_rotl64(k1, 31)
+        k1 = k1 * M_C2
+        h1 = h1 ^ k1
+    h1 = h1 ^ <uint64_t>length
+    h2 = h2 ^ <uint64_t>length
+    h1 = h1 + h2
+    h2 = h2 + h1
+    h1 = _fmix64(h1)
+    h2 = _fmix64(h2)
+    h1 = h1 + h2
+    return h1
+
+
+# --------------------------------------------------------------------------------------------------
+# FNV-1a, 64 bit
+
+cdef uint64_t fnv1a64(const uint8_t* data, size_t length) noexcept nogil:
+    cdef uint64_t h = FNV_OFFSET
+    cdef size_t i
+    for i in range(length):
+        h = (h ^ data[i]) * FNV_PRIME
+    return h
+
+
+# --------------------------------------------------------------------------------------------------
+# MD5 (RFC 1321). K[i] = floor(|sin(i + 1)| * 2**32).
+
+cdef uint32_t _MD5_K[64]
+_MD5_K[:] = [
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+]
+cdef int _MD5_S[64]
+_MD5_S[:] = [
+    7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+    5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20,
+    4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+    6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+]
+
+cdef inline void _md5_block(uint32_t* state, const uint8_t* block) noexcept nogil:
+    cdef uint32_t m[16]
+    cdef uint32_t a = state[0], b = state[1], c = state[2], d = state[3], f, t
+    cdef int i, g
+    for i in range(16):
+        m[i] = rk_load32(block + 4 * i)
+    for i in range(64):
+        if i < 16:
+            f = (b & c) | (~b & d)
+            g = i
+        elif i < 32:
+            f = (d & b) | (~d & c)
+            g = (5 * i + 1) & 15
+        elif i < 48:
+            f = b ^ c ^ d
+            g = (3 * i + 5) & 15
+        else:
+            f = c ^ (b | ~d)
+            g = (7 * i) & 15
+        t = d
+        d = c
+        c = b
+        b = b + rk_rotl32(a + f + _MD5_K[i] + m[g], _MD5_S[i])
+        a = t
+    state[0] += a
+    state[1] += b
+    state[2] += c
+    state[3] += d
+
+cdef void md5_words(const uint8_t* data, size_t length, uint32_t* words) noexcept nogil:
+    """The MD5 digest of data as four little-endian uint32 words (digest bytes 0-3, 4-7, ...)."""
+    cdef uint8_t tail[128]
+    cdef size_t full = length & ~(<size_t>63)
+    cdef size_t rest = length - full
+    cdef size_t padded, i
+    cdef uint64_t bits = (<uint64_t>length) << 3
+    words[0] = 0x67452301
+    words[1] = 0xEFCDAB89
+    words[2] = 0x98BADCFE
+    words[3] = 0x10325476
+    for i in range(0, full, 64):
+        _md5_block(words, data + i)
+    memset(tail, 0, 128)
+    if rest:
+        memcpy(tail, data + full, rest)
+    tail[rest] = 0x80
+    padded = 64 if rest < 56 else 128
+    for i in range(8):
+        tail[padded - 8 + i] = <uint8_t>(bits >> (8 * i))
+    _md5_block(words, tail)
+    if padded == 128:
+        _md5_block(words, tail + 64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+
+cdef inline uint64_t _hash_inline(int algorithm, const uint8_t* data, size_t length,
+                                  uint64_t seed) noexcept nogil:
+    if algorithm == ALGO_XXH64:
+        return _xxh64(data, length, seed)
+    return hash_bytes(algorithm, data, length, seed)
+
+cdef uint64_t hash_bytes(int algorithm, const uint8_t* data, size_t length, uint64_t seed) noexcept nogil:
+    cdef uint32_t words[4]
+    if algorithm == ALGO_XXH64:
+        return _xxh64(data, length, seed)
+    if algorithm == ALGO_MURMUR3:
+        return murmur3_64(data, length, seed)
+    if algorithm == ALGO_FNV1A64:
+        return fnv1a64(data, length)
+    md5_words(data, length, words)
+    return (<uint64_t>words[1] << 32) | words[0]
+
+cdef inline void _store_le64(uint8_t* buf, uint64_t value) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        buf[i] = <uint8_t>(value >> (8 * i))
+
+cdef uint64_t hash_u64(int algorithm, uint64_t value, uint64_t seed) noexcept nogil:
+    cdef uint8_t buf[8]
+    if algorithm == ALGO_XXH64:
+        return xxh64_u64(value, seed)
+    _store_le64(buf, value)
+    return hash_bytes(algorithm, buf, 8, seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument parsing
+
+cdef int parse_algorithm(object algorithm) except -1:
+    if not isinstance(algorithm, str):
+        raise TypeError(
+            f"algorithm must be a str, one of {', '.join(map(repr, ALGORITHMS))}; "
+            f"got {type(algorithm).__name__}")
+    found = _ALGORITHM_IDS.get(algorithm)
+    if found is None:
+        raise ValueError(
+            f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}; got {algorithm!r}")
+    return found
+
+cdef uint64_t parse_seed(int algorithm, object seed) except? 0xFFFFFFFFFFFFFFFF:
+    if isinstance(seed, bool) or not PyIndex_Check(seed):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    value = seed.__index__()
+    limit = _SEED_LIMIT[algorithm]
+    if limit == 0:
+        if value != 0:
+            raise ValueError(f"seed must be 0 for algorithm {ALGORITHMS[algorithm]!r} "
+                             f"(it takes no seed); got {value}")
+        return 0
+    if value < 0 or value > limit:
+        raise ValueError(f"seed must be in 0..{limit} for algorithm {ALGORITHMS[algorithm]!r}; "
+                         f"got {value}")
+    return <uint64_t>value
+
+
+# --------------------------------------------------------------------------------------------------
+# One key
+
+cdef inline uint64_t _int_form(object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
+    """The 64-bit two's-complement form of an int key (int64 or uint64 range)."""
+    try:
+        return <uint64_t><int64_t>key
+    except OverflowError:
+        pass
+    try:
+        return <uint64_t>key
+    except OverflowError:
+        pass
+    raise OverflowError(f"{argname}: int key {key} is outside the int64/uint64 range "
+                        f"[-2**63, 2**64)")
+
+cdef inline uint64_t _hash_str(object key, int algorithm, uint64_t seed,
+                               str argname) except? 0xFFFFFFFFFFFFFFFF:
+    cdef Py_ssize_t size
+    cdef const char* utf8
+    if PyUnicode_IS_COMPACT_ASCII(key):
+        return hash_bytes(algorithm, <const uint8_t*>PyUnicode_DATA(key),
+                          <size_t>PyUnicode_GET_LENGTH(key), seed)
+    try:
+        utf8 = PyUnicode_AsUTF8AndSize(key, &size)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{argname}: str key cannot be encoded as UTF-8 ({exc.reason} at "
+                         f"position {exc.start}); lone surrogates are not valid keys") from None
+    return hash_bytes(algorithm, <const uint8_t*>utf8, <size_t>size, seed)
+
+cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,
+                          str argname) except? 0xFFFFFFFFFFFFFFFF:
+    cdef Py_buffer view
+    cdef uint64_t h
+    if PyUnicode_Check(key):
+        return _hash_str(key, algorithm, seed, argname)
+    if PyBytes_Check(key):
+        return hash_bytes(algorithm, <const uint8_t*>PyBytes_AS_STRING(key),
+                          <size_t>PyBytes_GET_SIZE(key), seed)
+    if PyLong_Check(key):
+        return hash_u64(algorithm, _int_form(key, argname), seed)
+    if isinstance(key, np.ndarray):
+        raise TypeError(f"{argname}: a numpy array is not a key; hash a batch with hash64_many")
+    if PyIndex_Check(key):
+        try:
+            value = key.__index__()
+        except TypeError:
+            raise TypeError(f"{argname}: keys must be str, bytes-like or int, "
+                            f"got {type(key).__name__}") from None
+        return hash_u64(algorithm, _int_form(value, argname), seed)
+    if PyObject_CheckBuffer(key):
+        try:
+            PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
+        except (BufferError, TypeError) as exc:
+            raise TypeError(f"{argname}: a bytes-like key must be C-contiguous ({exc})") from None
+        h = hash_bytes(algorithm, <const uint8_t*>view.buf, <size_t>view.len, seed)
+        PyBuffer_Release(&view)
+        return h
+    if key is None:
+        raise TypeError(f"{argname}: None is not a valid key (use str, bytes or int)")
+    raise TypeError(f"{argname}: keys must be str, bytes-like or int, "
+                    f"got {type(key).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+
+cdef object as_batch(object keys, str argname):
+    if isinstance(keys, (list, tuple)):
+        return keys
+    if isinstance(keys, np.ndarray):
+        if keys.ndim != 1:
+            raise ValueError(f"{argname} must be 1-dimensional, got an array of shape {keys.shape}")
+        return keys
+    if _is_arrow(keys):
+        return keys
+    if isinstance(keys, (str, bytes, bytearray, memoryview, int)) or keys is None:
+        raise TypeError(f"{argname} must be a batch of keys (list, tuple, numpy or pyarrow "
+                        f"array), got a single {type(keys).__name__}; hash one key with hash64")
+    if isinstance(keys, dict):
+        raise TypeError(f"{argname} must be a batch of keys, got a dict")
+    try:
+        return list(keys)
+    except TypeError:
+        raise TypeError(f"{argname} must be a batch of keys (list, tuple, numpy or pyarrow "
+                        f"array), got {type(keys).__name__}") from None
+
+cdef inline bint _is_arrow(object obj):
+    return type(obj).__module__.startswith("pyarrow")
+
+cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, str argname) except -1:
+    cdef Py_ssize_t i = 0, n
+    cdef PyObject** items
+    cdef PyObject* raw
+    cdef object item
+    # A list can be changed by another thread while we read it: hold its critical section (a no-op
+    # where the GIL exists). Exact ASCII str items, the common case, are hashed through a borrowed
+    # pointer: nothing in that path runs Python code that could change the list. Anything else
+    # takes a strong reference first.
+    try:
+        with cython.critical_section(keys):
+            n = len(keys)
+            items = PySequence_Fast_ITEMS(keys)
+            while i < n:
+                raw = items[i]
+                if i + 8 < n:
+                    rk_prefetch(items[i + 8])
+                if PyUnicode_CheckExact_PTR(raw) and PyUnicode_IS_COMPACT_ASCII_PTR(raw):
+                    out[i] = _hash_inline(algorithm, <const uint8_t*>PyUnicode_DATA_PTR(raw),
+                                          <size_t>PyUnicode_GET_LENGTH_PTR(raw), seed)
+                else:
+                    item = <object>raw
+                    out[i] = hash_object(item, algorithm, seed, argname)
+                i += 1
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Point at the offending item: "keys: ..." becomes "keys[i]: ...".
+        message = str(exc)
+        if message.startswith(argname + ":"):
+            message = f"{argname}[{i}]" + message[len(argname):]
+        raise type(exc)(message) from None
+    return 0
+
+cdef void _hash_ints(int algorithm, uint64_t seed, const uint64_t[::1] values,
+                     uint64_t* out) noexcept nogil:
+    cdef Py_ssize_t i, n = values.shape[0]
+    if algorithm == ALGO_XXH64:
+        for i in range(n):
+            out[i] = xxh64_u64(values[i], seed)
+    else:
+        for i in range(n):
+            out[i] = hash_u64(algorithm, values[i], seed)
+
+cdef void _hash_fixed_bytes(int algorithm, uint64_t seed, const uint8_t* data, Py_ssize_t n,
+                            Py_ssize_t width, uint64_t* out) noexcept nogil:
+    # numpy 'S' items drop their trailing NUL bytes, as arr[i] does.
+    cdef Py_ssize_t i, length
+    cdef const uint8_t* p
+    for i in range(n):
+        p = data + i * width
+        length = width
+        while length > 0 and p[length - 1] == 0:
+            length -= 1
+        out[i] = _hash_inline(algorithm, p, <size_t>length, seed)
+
+cdef Py_ssize_t _hash_fixed_unicode(int algorithm, uint64_t seed, const uint32_t* data,
+                                    Py_ssize_t n, Py_ssize_t width, uint8_t* scratch,
+                                    uint64_t* out) noexcept nogil:
+    """Hash numpy 'U' items as UTF-8; returns -1, or the index of an item that is not valid text."""
+    cdef Py_ssize_t i, j, length, pos
+    cdef const uint32_t* p
+    cdef uint32_t c
+    for i in range(n):
+        p = data + i * width
+        length = width
+        while length > 0 and p[length - 1] == 0:
+            length -= 1
+        pos = 0
+        for j in range(length):
+            c = p[j]
+            if c < 0x80:
+                scratch[pos] = <uint8_t>c
+                pos += 1
+            elif c < 0x800:
+                scratch[pos] = <uint8_t>(0xC0 | (c >> 6))
+                scratch[pos + 1] = <uint8_t>(0x80 | (c & 0x3F))
+                pos += 2
+            elif c < 0x10000:
+                if 0xD800 <= c <= 0xDFFF:
+                    return i
+                scratch[pos] = <uint8_t>(0xE0 | (c >> 12))
+                scratch[pos + 1] = <uint8_t>(0x80 | ((c >> 6) & 0x3F))
+                scratch[pos + 2] = <uint8_t>(0x80 | (c & 0x3F))
+                pos += 3
+            elif c <= 0x10FFFF:
+                scratch[pos] = <uint8_t>(0xF0 | (c >> 18))
+                scratch[pos + 1] = <uint8_t>(0x80 | ((c >> 12) & 0x3F))
+                scratch[pos + 2] = <uint8_t>(0x80 | ((c >> 6) & 0x3F))
+                scratch[pos + 3] = <uint8_t>(0x80 | (c & 0x3F))
+                pos += 4
+            else:
+                return i
+        out[i] = hash_bytes(algorithm, scratch, <size_t>pos, seed)
+    return -1
+
+ctypedef fused offset_t:
+    int32_t
+    int64_t
+
+cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data, int64_t data_len,
+                              const offset_t* offsets, Py_ssize_t n, uint64_t* out) noexcept nogil:
+    """Hash arrow-layout items data[offsets[i]:offsets[i+1]]; returns -1, or the first bad index."""
+    cdef Py_ssize_t i
+    cdef int64_t start = offsets[0], stop
+    for i in range(n):
+        stop = offsets[i + 1]
+        if start < 0 or stop < start or stop > data_len:
+            return i
+        out[i] = _hash_inline(algorithm, data + start, <size_t>(stop - start), seed)
+        start = stop
+    return -1
+
+cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
+                       str argname) except -1:
+    cdef str kind = keys.dtype.kind
+    cdef const uint64_t[::1] ints
+    cdef const uint8_t[::1] raw
+    cdef const uint32_t[::1] ucs4
+    cdef Py_ssize_t n = keys.shape[0], width, bad
+    cdef uint8_t* scratch
+    if kind == "u" or kind == "b":
+        ints = np.ascontiguousarray(keys, dtype=np.uint64)
+        with nogil:
+            _hash_ints(algorithm, seed, ints, out)
+    elif kind == "i":
+        ints = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64)
+        with nogil:
+            _hash_ints(algorithm, seed, ints, out)
+    elif kind == "S":
+        width = keys.dtype.itemsize
+        if n == 0:
+            return 0
+        raw = np.ascontiguousarray(keys).view(np.uint8)
+        with nogil:
+            _hash_fixed_bytes(algorithm, seed, &raw[0], n, width, out)
+    elif kind == "U":
+        width = keys.dtype.itemsize // 4
+        if n == 0:
+            return 0
+        ucs4 = np.ascontiguousarray(keys, dtype=keys.dtype.newbyteorder("=")).view(np.uint32)
+        scratch = <uint8_t*>malloc(4 * width + 1)
+        if scratch == NULL:
+            raise MemoryError()
+        with nogil:
+            bad = _hash_fixed_unicode(algorithm, seed, &ucs4[0], n, width, scratch, out)
+        free(scratch)
+        if bad >= 0:
+            raise ValueError(f"{argname}[{bad}]: str key cannot be encoded as UTF-8 (lone "
+                             f"surrogate or code point above U+10FFFF)")
+    elif kind == "O":
+        _hash_list(keys.tolist(), algorithm, seed, out, argname)
+    elif kind == "T":
+        items = keys.tolist()
+        na = getattr(keys.dtype, "na_object", _NO_NA)
+        if na is not _NO_NA:
+            for i, item in enumerate(items):
+                if not isinstance(item, str):
+                    raise ValueError(f"{argname}[{i}] is null; null keys cannot be hashed")
+        _hash_list(items, algorithm, seed, out, argname)
+    else:
+        raise TypeError(f"{argname}: unsupported dtype {keys.dtype} (use integer, 'S', 'U', "
+                        f"StringDType or object arrays)")
+    return 0
+
+cdef object _NO_NA = object()
+
+_ARROW_OFFSETS = {
+    "string": np.int32, "utf8": np.int32, "binary": np.int32,
+    "large_string": np.int64, "large_utf8": np.int64, "large_binary": np.int64,
+}
+
+cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* out,
+                           Py_ssize_t base, str argname) except -1:
+    cdef Py_ssize_t n = len(arr), bad = -1
+    cdef const uint8_t[::1] data
+    cdef const int32_t[::1] off32
+    cdef const int64_t[::1] off64
+    cdef const uint8_t* data_ptr = NULL
+    cdef int64_t data_len = 0
+    type_name = str(arr.type)
+    if type_name.startswith("dictionary"):
+        return _hash_arrow_chunk(arr.dictionary_decode(), algorithm, seed, out, base, argname)
+    if type_name in ("string_view", "binary_view"):
+        import pyarrow as pa
+        target = pa.large_string() if type_name == "string_view" else pa.large_binary()
+        return _hash_arrow_chunk(arr.cast(target), algorithm, seed, out, base, argname)
+    if arr.null_count:
+        first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
+        raise ValueError(f"{argname}[{base + first}] is null; null keys cannot be hashed")
+    offset_type = _ARROW_OFFSETS.get(type_name)
+    if offset_type is None:
+        if arr.type.__class__.__name__ == "DataType" and type_name.startswith(("int", "uint")):
+            return _hash_ndarray(arr.to_numpy(zero_copy_only=False), algorithm, seed, out, argname)
+        raise TypeError(f"{argname}: unsupported pyarrow type {type_name} (use string, "
+                        f"large_string, binary, large_binary or integer arrays)")
+    if n == 0:
+        return 0
+    buffers = arr.buffers()
+    if buffers[2] is not None and buffers[2].size > 0:
+        data = np.frombuffer(buffers[2], dtype=np.uint8)
+        data_ptr = &data[0]
+        data_len = data.shape[0]
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[arr.offset:arr.offset + n + 1]
+    if offsets.shape[0] != n + 1:
+        raise ValueError(f"{argname}: malformed pyarrow array (offsets buffer too short)")
+    if offset_type is np.int32:
+        off32 = offsets
+        with nogil:
+            bad = _hash_offsets(algorithm, seed, data_ptr, data_len, &off32[0], n, out)
+    else:
+        off64 = offsets
+        with nogil:
+            bad = _hash_offsets(algorithm, seed, data_ptr, data_len, &off64[0], n, out)
+    if bad >= 0:
+        raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array (offsets out of range)")
+    return 0
+
+cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py_ssize_t n,
+                    str argname) except -1:
+    """Hash the keys of a batch already normalised by as_batch into out[0:n]."""
+    cdef Py_ssize_t pos = 0
+    if isinstance(keys, (list, tuple)):
+        return _hash_list(keys, algorithm, seed, out, argname)
+    if isinstance(keys, np.ndarray):
+        return _hash_ndarray(keys, algorithm, seed, out, argname)
+    if hasattr(keys, "chunks"):
+        for chunk in keys.chunks:
+            _hash_arrow_chunk(chunk, algorithm, seed, out + pos, pos, argname)
+            pos += len(chunk)
+        return 0
+    if hasattr(keys, "buffers"):
+        return _hash_arrow_chunk(keys, algorithm, seed, out, 0, argname)
+    raise TypeError(f"{argname}: unsupported batch type {type(keys).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Python API
+
+cdef uint64_t[::1] _check_out(object out, Py_ssize_t n):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray of uint64, got {type(out).__name__}")
+    if out.dtype != np.uint64:
+        raise TypeError(f"out must have dtype uint64, got {out.dtype}")
+    if out.ndim != 1 or out.shape[0] != n:
+        raise ValueError(f"out must be 1-dimensional with length {n} (one per key), "
+                         f"got shape {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
+
+
+def hash64(key, algorithm="xxh64", seed=0):
+    """Hash one key to an unsigned 64-bit int.
+
+    ``key`` is a str (hashed as UTF-8), a bytes-like object, or an int (hashed as its 8-byte
+    little-endian two's-complement form; it must fit int64 or uint64). ``algorithm`` is one of
+    ``"xxh64"`` (seed 0..2**64-1), ``"murmur3"`` (MurmurHash3 x64_128's first half, seed
+    0..2**32-1), ``"fnv1a64"`` or ``"md5"`` (first 8 digest bytes, little-endian; both take no
+    seed, so seed must be 0).
+
+    >>> hash64("user:1") == hash64(b"user:1")
+    True
+    """
+    cdef int algo = parse_algorithm(algorithm)
+    cdef uint64_t s = parse_seed(algo, seed)
+    return hash_object(key, algo, s, "key")
+
+
+def hash64_many(keys, algorithm="xxh64", seed=0, out=None):
+    """Hash a batch of keys to a numpy uint64 array; element i equals ``hash64(keys[i], ...)``.
+
+    ``keys`` may be a list or tuple of str/bytes/int, a 1-d numpy array (integer, bool, 'S', 'U',
+    object or StringDType), or a pyarrow string/binary (large or not, sliced or chunked) array,
+    read straight from its buffers. Numeric and fixed-width arrays and pyarrow buffers are hashed
+    with the GIL released. ``out``, if given, is a C-contiguous uint64 array of ``len(keys)``
+    that receives the hashes and is returned.
+    """
+    cdef int algo = parse_algorithm(algorithm)
+    cdef uint64_t s = parse_seed(algo, seed)
+    batch = as_batch(keys, "keys")
+    cdef Py_ssize_t n = len(batch)
+    cdef uint64_t[::1] result
+    if out is None:
+        out = np.empty(n, dtype=np.uint64)
+    result = _check_out(out, n)
+    if n:
+        hash_batch(batch, algo, s, &result[0], n, "keys")
+    return out

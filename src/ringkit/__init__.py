@@ -5,6 +5,7 @@ fenced distributed locks and primary/replica replication, with Cython kernels on
 """
 
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
+from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 from ringkit.errors import (
     EmptyRingError,
     LockError,
@@ -21,6 +22,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS",
     "EmptyRingError",
+    "HashRing",
+    "LoadStats",
+    "Movement",
+    "RingSnapshot",
     "LockError",
     "LockLostError",
     "LockNotOwnedError",

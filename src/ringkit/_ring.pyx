@@ -1,0 +1,877 @@
+# cython: freethreading_compatible = True
+"""The consistent-hash ring core: immutable snapshots of sorted points and their owners.
+
+A snapshot holds the ring's points (sorted uint64), beside them the owner of each point (an index
+into the snapshot's sorted node names), and an acceleration index over the top bits of the hash:
+``index[b]`` is the position of the first point whose top bits are >= b, so a lookup scans the
+one or two points of its bucket instead of binary-searching the whole ring. The owner of hash h is
+the first point >= h, wrapping to the first point; equal points are ordered by owner, and owners are
+sorted node names, so the ring never depends on the order nodes were added in.
+"""
+
+from libc.math cimport ceil, floor, isfinite
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, calloc
+from libc.string cimport memcpy, memset
+
+cimport cython
+
+from ringkit._hashing cimport (
+    ALGO_MD5,
+    as_batch,
+    hash_batch,
+    hash_bytes,
+    hash_object,
+    md5_words,
+    parse_algorithm,
+    parse_seed,
+)
+
+import numpy as np
+
+from ringkit.errors import EmptyRingError, UnknownNodeError
+
+# Point counts stay below 2**31 so owners and positions fit int32.
+MAX_POINTS = 2**31 - 1
+# Placement format: bumped (with a CHANGELOG entry) if the point layout ever changes.
+FORMAT = 1
+
+# Sentinel points (UINT64_MAX) after the last point, so a lookup may read a few points ahead.
+cdef enum:
+    PAD = 4
+    POINT_CHUNK = 1024   # point inputs written per batch by _node_points
+
+cdef int _bits_for(Py_ssize_t npoints) noexcept nogil:
+    """Index bits: about one point per bucket, at most one bucket per point (<= 4 bytes/point)."""
+    cdef int bits = 1
+    while bits < 30 and (<Py_ssize_t>1 << (bits + 1)) <= npoints:
+        bits += 1
+    return bits
+
+
+# --------------------------------------------------------------------------------------------------
+# Nogil kernels over raw arrays
+
+cdef inline Py_ssize_t _find(const uint64_t* points, const uint32_t* index, int shift,
+                             Py_ssize_t npoints, uint64_t h) noexcept nogil:
+    """Position of the first point >= h, wrapping to 0.
+
+    index[b] is the first point of bucket b or later; every point past bucket b is > h, and
+    sentinels (UINT64_MAX) follow the last point, so the scan needs no end check. Buckets hold
+    one or two points on average: the first three are compared without branches (the points
+    below h are a prefix, so counting them is the step), which keeps lookups of independent
+    keys overlapping in the pipeline instead of stalling on a mispredicted loop exit.
+    """
+    cdef Py_ssize_t lo = index[h >> shift]
+    lo += (points[lo] < h) + (points[lo + 1] < h) + (points[lo + 2] < h)
+    while points[lo] < h:
+        lo += 1
+    return lo if lo < npoints else 0
+
+cdef void _build_index(const uint64_t* points, Py_ssize_t npoints, int bits,
+                       uint32_t* index) noexcept nogil:
+    """index[b] = number of points in buckets < b (the first point of bucket b or later).
+
+    Counted, then summed: no data-dependent branches.
+    """
+    cdef Py_ssize_t nbuckets = <Py_ssize_t>1 << bits
+    cdef int shift = 64 - bits
+    cdef Py_ssize_t b, i
+    memset(index, 0, (nbuckets + 1) * sizeof(uint32_t))
+    for i in range(npoints):
+        index[(points[i] >> shift) + 1] += 1
+    for b in range(nbuckets):
+        index[b + 1] += index[b]
+
+cdef inline bint _before(uint64_t pa, int32_t oa, uint64_t pb, int32_t ob) noexcept nogil:
+    return pa < pb or (pa == pb and oa < ob)
+
+cdef void _sort_points(uint64_t* points, int32_t* owners, Py_ssize_t n, int bits,
+                       uint64_t* tmp_points, int32_t* tmp_owners, uint32_t* counts) noexcept nogil:
+    """Sort (point, owner) pairs: a counting sort on the top `bits`, then insertion sort per bucket.
+
+    Points are hash outputs, so buckets hold about one point each and this is O(n). `counts` has
+    room for 2**bits + 1 entries.
+    """
+    cdef Py_ssize_t nbuckets = <Py_ssize_t>1 << bits
+    cdef int shift = 64 - bits
+    cdef Py_ssize_t i, j, b, start, stop
+    cdef uint64_t p
+    cdef int32_t o
+    for b in range(nbuckets + 1):
+        counts[b] = 0
+    for i in range(n):
+        b = <Py_ssize_t>(points[i] >> shift)
+        counts[b + 1] += 1
+    for b in range(nbuckets):
+        counts[b + 1] += counts[b]
+    for i in range(n):
+        b = <Py_ssize_t>(points[i] >> shift)
+        j = counts[b]
+        counts[b] += 1
+        tmp_points[j] = points[i]
+        tmp_owners[j] = owners[i]
+    memcpy(points, tmp_points, n * sizeof(uint64_t))
+    memcpy(owners, tmp_owners, n * sizeof(int32_t))
+    # counts[b] is now the end of bucket b; insertion-sort each bucket.
+    start = 0
+    for b in range(nbuckets):
+        stop = counts[b]
+        for i in range(start + 1, stop):
+            p = points[i]
+            o = owners[i]
+            j = i - 1
+            while j >= start and _before(p, o, points[j], owners[j]):
+                points[j + 1] = points[j]
+                owners[j + 1] = owners[j]
+                j -= 1
+            points[j + 1] = p
+            owners[j + 1] = o
+        start = stop
+
+cdef void _node_points(int algorithm, uint64_t seed, const uint8_t* name, Py_ssize_t name_len,
+                       Py_ssize_t count, uint8_t* buf, uint64_t* out) noexcept nogil:
+    """Point i of a node: hash(name_utf8 + i.to_bytes(4, "little")), for i in range(count).
+
+    `buf` holds POINT_CHUNK * (name_len + 4) bytes. All the inputs are written before any is hashed:
+    hashing each right after writing its last four bytes would stall every load on a store it
+    cannot forward.
+    """
+    cdef Py_ssize_t i, start, stop, width = name_len + 4
+    cdef uint8_t* key
+    start = 0
+    while start < count:
+        stop = min(start + <Py_ssize_t>POINT_CHUNK, count)
+        for i in range(start, stop):
+            key = buf + (i - start) * width
+            memcpy(key, name, name_len)
+            key[name_len] = <uint8_t>(i)
+            key[name_len + 1] = <uint8_t>(i >> 8)
+            key[name_len + 2] = <uint8_t>(i >> 16)
+            key[name_len + 3] = <uint8_t>(i >> 24)
+        for i in range(start, stop):
+            out[i] = hash_bytes(algorithm, buf + (i - start) * width, <size_t>width, seed)
+        start = stop
+
+cdef void _ketama_points(const uint8_t* name, Py_ssize_t name_len, Py_ssize_t digests,
+                         uint8_t* buf, uint64_t* out) noexcept nogil:
+    """libketama's points: md5("%s-%d" % (name, k)) as four little-endian uint32, each << 32."""
+    cdef Py_ssize_t k, pos, m, d
+    cdef uint32_t words[4]
+    cdef uint8_t digits[24]
+    memcpy(buf, name, name_len)
+    buf[name_len] = 45  # '-'
+    for k in range(digests):
+        m = k
+        d = 0
+        while True:
+            digits[d] = <uint8_t>(48 + m % 10)
+            d += 1
+            m //= 10
+            if m == 0:
+                break
+        pos = name_len + 1
+        while d > 0:
+            d -= 1
+            buf[pos] = digits[d]
+            pos += 1
+        md5_words(buf, <size_t>pos, words)
+        out[4 * k] = (<uint64_t>words[0]) << 32
+        out[4 * k + 1] = (<uint64_t>words[1]) << 32
+        out[4 * k + 2] = (<uint64_t>words[2]) << 32
+        out[4 * k + 3] = (<uint64_t>words[3]) << 32
+
+cdef void _merge(const uint64_t* pa, const int32_t* oa, Py_ssize_t na,
+                 const uint64_t* pb, const int32_t* ob, Py_ssize_t nb,
+                 uint64_t* points, int32_t* owners) noexcept nogil:
+    """Merge two (point, owner)-sorted runs."""
+    cdef Py_ssize_t i = 0, j = 0, k = 0
+    while i < na and j < nb:
+        if _before(pb[j], ob[j], pa[i], oa[i]):
+            points[k] = pb[j]
+            owners[k] = ob[j]
+            j += 1
+        else:
+            points[k] = pa[i]
+            owners[k] = oa[i]
+            i += 1
+        k += 1
+    while i < na:
+        points[k] = pa[i]
+        owners[k] = oa[i]
+        i += 1
+        k += 1
+    while j < nb:
+        points[k] = pb[j]
+        owners[k] = ob[j]
+        j += 1
+        k += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The immutable state
+
+@cython.final
+cdef class RingState:
+    """One immutable ring: node names (sorted), weights, points, owners and index.
+
+    Built by the module functions below; never changed after construction.
+    """
+    cdef readonly tuple nodes
+    cdef readonly tuple weight_values
+    cdef readonly tuple counts           # points per node, aligned with nodes
+    cdef readonly int vnodes
+    cdef readonly str algorithm
+    cdef readonly object seed
+    cdef readonly bint ketama
+    cdef readonly object points_array    # uint64[npoints], read-only
+    cdef readonly object owners_array    # int32[npoints], read-only
+    cdef readonly object index_array     # uint32[2**bits + 1], read-only
+    cdef dict positions
+    cdef object _fingerprint
+    cdef int algo
+    cdef uint64_t seed_value
+    cdef const uint64_t* points
+    cdef const int32_t* owners
+    cdef const uint32_t* index
+    cdef Py_ssize_t npoints
+    cdef int shift
+
+    def __reduce__(self):
+        raise TypeError("RingState is internal; pickle the HashRing or RingSnapshot instead")
+
+    cdef inline Py_ssize_t find(self, uint64_t h) noexcept nogil:
+        return _find(self.points, self.index, self.shift, self.npoints, h)
+
+    cdef inline uint64_t key_hash(self, object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
+        cdef uint64_t h = hash_object(key, self.algo, self.seed_value, argname)
+        return (h << 32) if self.ketama else h
+
+    cdef object batch_hashes(self, object batch, Py_ssize_t n):
+        """Hash a batch into a fresh uint64 array (one spare slot, so it is never empty)."""
+        cdef uint64_t[::1] hashes
+        cdef Py_ssize_t i
+        arr = np.empty(n + 1, dtype=np.uint64)
+        hashes = arr
+        if n:
+            hash_batch(batch, self.algo, self.seed_value, &hashes[0], n, "keys")
+            if self.ketama:
+                with nogil:
+                    for i in range(n):
+                        hashes[i] = hashes[i] << 32
+        return arr
+
+    def position(self, str name):
+        """Index of `name` in nodes, or raise UnknownNodeError."""
+        found = self.positions.get(name)
+        if found is None:
+            raise UnknownNodeError(name, f"node {name!r} is not in the ring")
+        return found
+
+
+cdef object _points_buffer(Py_ssize_t n):
+    """A uint64 array for n points followed by PAD sentinels (see _find)."""
+    padded = np.empty(n + PAD, dtype=np.uint64)
+    padded[n:] = np.iinfo(np.uint64).max
+    return padded
+
+cdef RingState _make_state(tuple nodes, tuple weights, tuple counts, int vnodes, str algorithm,
+                           object seed, bint ketama, object padded, object owners):
+    """Wrap sorted point/owner arrays in a RingState, building the index."""
+    cdef RingState st = RingState.__new__(RingState)
+    cdef Py_ssize_t n = owners.shape[0]
+    points = padded[:n]
+    cdef int bits = _bits_for(n)
+    cdef uint64_t[::1] pv
+    cdef uint32_t[::1] iv
+    index = np.empty((1 << bits) + 1, dtype=np.uint32)
+    iv = index
+    if n:
+        pv = points
+        with nogil:
+            _build_index(&pv[0], n, bits, &iv[0])
+    else:
+        iv[0] = 0
+        iv[1] = 0
+    for arr in (padded, points, owners, index):
+        arr.flags.writeable = False
+    st.nodes = nodes
+    st.weight_values = weights
+    st.counts = counts
+    st.vnodes = vnodes
+    st.algorithm = algorithm
+    st.seed = seed
+    st.ketama = ketama
+    st.algo = ALGO_MD5 if ketama else parse_algorithm(algorithm)
+    st.seed_value = parse_seed(st.algo, seed)
+    st.points_array = points
+    st.owners_array = owners
+    st.index_array = index
+    st.npoints = n
+    st.shift = 64 - bits
+    st.positions = {name: i for i, name in enumerate(nodes)}
+    st._fingerprint = None
+    st.points = _ptr_u64(padded)
+    st.owners = _ptr_i32(owners)
+    st.index = <const uint32_t*>_ptr_u32(index)
+    return st
+
+cdef const uint64_t* _ptr_u64(object arr):
+    cdef const uint64_t[::1] v = arr
+    return &v[0]
+
+cdef const int32_t* _ptr_i32(object arr):
+    cdef const int32_t[::1] v = arr
+    return &v[0] if v.shape[0] else <const int32_t*>NULL
+
+cdef const uint32_t* _ptr_u32(object arr):
+    cdef const uint32_t[::1] v = arr
+    return &v[0]
+
+
+cdef bytes _name_bytes(object name):
+    try:
+        return (<str>name).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"node name {name!r} cannot be encoded as UTF-8 (lone surrogate)") from None
+
+
+def build(nodes, weights, counts, int vnodes, str algorithm, seed):
+    """A RingState for sorted `nodes` with `counts[i]` points each (points as DESIGN.md freezes them).
+
+    `nodes` must be sorted, distinct str; the caller validated weights and counts.
+    """
+    cdef int algo = parse_algorithm(algorithm)
+    cdef uint64_t s = parse_seed(algo, seed)
+    cdef Py_ssize_t total = 0, c, pos = 0, maxlen = 0, i, nn = len(nodes)
+    cdef int bits
+    for c in counts:
+        total += c
+    if total > MAX_POINTS:
+        raise ValueError(f"vnodes/weights give {total} points, more than the limit of {MAX_POINTS}")
+    encoded = [_name_bytes(name) for name in nodes]
+    for name_b in encoded:
+        maxlen = max(maxlen, len(name_b))
+    padded = _points_buffer(total)
+    points = padded[:total]
+    owners = np.empty(total, dtype=np.int32)
+    cdef uint64_t[::1] pv = points
+    cdef int32_t[::1] ov = owners
+    cdef uint8_t* buf = <uint8_t*>malloc(POINT_CHUNK * (maxlen + 4) + 8)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        for i in range(nn):
+            name_b = encoded[i]
+            c = counts[i]
+            _node_points(algo, s, <const uint8_t*><char*>name_b, len(name_b), c, buf, &pv[pos])
+            ov[pos:pos + c] = <int32_t>i
+            pos += c
+    finally:
+        free(buf)
+    _sort_in_place(points, owners)
+    return _make_state(tuple(nodes), tuple(weights), tuple(counts), vnodes, algorithm, seed,
+                       False, padded, owners)
+
+
+def build_ketama(nodes, weights, digests):
+    """A libketama-compatible RingState: `digests[i]` md5 digests (4 points each) per node."""
+    cdef Py_ssize_t total = 0, d, pos = 0, maxlen = 0, i, nn = len(nodes)
+    for d in digests:
+        total += 4 * d
+    if total > MAX_POINTS:
+        raise ValueError(f"ketama weights give {total} points, more than the limit of {MAX_POINTS}")
+    encoded = [_name_bytes(name) for name in nodes]
+    for name_b in encoded:
+        maxlen = max(maxlen, len(name_b))
+    padded = _points_buffer(total)
+    points = padded[:total]
+    owners = np.empty(total, dtype=np.int32)
+    cdef uint64_t[::1] pv = points
+    cdef int32_t[::1] ov = owners
+    cdef uint8_t* buf = <uint8_t*>malloc(maxlen + 32)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        for i in range(nn):
+            name_b = encoded[i]
+            d = digests[i]
+            _ketama_points(<const uint8_t*><char*>name_b, len(name_b), d, buf, &pv[pos])
+            ov[pos:pos + 4 * d] = <int32_t>i
+            pos += 4 * d
+    finally:
+        free(buf)
+    _sort_in_place(points, owners)
+    return _make_state(tuple(nodes), tuple(weights), tuple(4 * d for d in digests), 0, "md5", 0,
+                       True, padded, owners)
+
+
+cdef _sort_in_place(object points, object owners):
+    cdef Py_ssize_t n = points.shape[0]
+    if n == 0:
+        return
+    cdef int bits = _bits_for(n)
+    cdef uint64_t[::1] pv = points
+    cdef int32_t[::1] ov = owners
+    tmp_p = np.empty(n, dtype=np.uint64)
+    tmp_o = np.empty(n, dtype=np.int32)
+    counts = np.empty((1 << bits) + 1, dtype=np.uint32)
+    cdef uint64_t[::1] tpv = tmp_p
+    cdef int32_t[::1] tov = tmp_o
+    cdef uint32_t[::1] cv = counts
+    with nogil:
+        _sort_points(&pv[0], &ov[0], n, bits, &tpv[0], &tov[0], &cv[0])
+
+
+def with_node(RingState st, str name, weight, Py_ssize_t count):
+    """A new RingState: `st` plus node `name` with `count` points, merged in (no rebuild)."""
+    if st.ketama:
+        raise TypeError("internal: ketama rings are rebuilt, not merged")
+    if st.npoints + count > MAX_POINTS:
+        raise ValueError(f"adding {name!r} would give {st.npoints + count} points, more than the "
+                         f"limit of {MAX_POINTS}")
+    nodes = list(st.nodes)
+    # Sorted position of the new name; owners at or after it shift up by one.
+    cdef Py_ssize_t j = 0, i, n = st.npoints
+    import bisect
+    j = bisect.bisect_left(nodes, name)
+    name_b = _name_bytes(name)
+    new_points = np.empty(count, dtype=np.uint64)
+    new_owners = np.full(count, j, dtype=np.int32)
+    cdef uint64_t[::1] npv = new_points
+    cdef int32_t[::1] nov = new_owners
+    cdef uint8_t* buf = <uint8_t*>malloc(POINT_CHUNK * (len(name_b) + 4) + 8)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        _node_points(st.algo, st.seed_value, <const uint8_t*><char*>name_b, len(name_b), count,
+                     buf, &npv[0])
+    finally:
+        free(buf)
+    _sort_in_place(new_points, new_owners)
+    old_owners = np.empty(n + 1, dtype=np.int32)
+    cdef int32_t[::1] oov = old_owners
+    cdef int32_t jj = <int32_t>j
+    with nogil:
+        for i in range(n):
+            oov[i] = st.owners[i] + (st.owners[i] >= jj)
+    padded = _points_buffer(n + count)
+    points = padded[:n + count]
+    owners = np.empty(n + count, dtype=np.int32)
+    cdef uint64_t[::1] pv = points
+    cdef int32_t[::1] ov = owners
+    with nogil:
+        _merge(st.points, &oov[0], n, &npv[0], &nov[0], count, &pv[0], &ov[0])
+    nodes.insert(j, name)
+    weights = list(st.weight_values)
+    weights.insert(j, weight)
+    counts = list(st.counts)
+    counts.insert(j, count)
+    return _make_state(tuple(nodes), tuple(weights), tuple(counts), st.vnodes, st.algorithm,
+                       st.seed, False, padded, owners)
+
+
+def without_node(RingState st, str name):
+    """A new RingState: `st` without node `name` (its points filtered out, no rebuild)."""
+    cdef Py_ssize_t j = st.position(name), i, k = 0, n = st.npoints
+    cdef int32_t jj = <int32_t>j
+    cdef Py_ssize_t keep = n - st.counts[j]
+    padded = _points_buffer(keep)
+    points = padded[:keep]
+    owners = np.empty(keep, dtype=np.int32)
+    cdef uint64_t[::1] pv = points
+    cdef int32_t[::1] ov = owners
+    cdef int32_t o
+    with nogil:
+        for i in range(n):
+            o = st.owners[i]
+            if o != jj:
+                pv[k] = st.points[i]
+                ov[k] = o - 1 if o > jj else o
+                k += 1
+    nodes = list(st.nodes)
+    del nodes[j]
+    weights = list(st.weight_values)
+    del weights[j]
+    counts = list(st.counts)
+    del counts[j]
+    return _make_state(tuple(nodes), tuple(weights), tuple(counts), st.vnodes, st.algorithm,
+                       st.seed, False, padded, owners)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lookups: the compiled base of HashRing and RingSnapshot
+
+cdef object _check_out(object out, Py_ssize_t n, object dtype, tuple shape):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray of {np.dtype(dtype).name}, "
+                        f"got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
+
+cdef Py_ssize_t _check_n(object n, Py_ssize_t nnodes) except -1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if n > nnodes:
+        raise ValueError(f"n={n} is larger than the number of nodes ({nnodes})")
+    return n
+
+cdef inline Py_ssize_t _walk_distinct(const uint64_t* points, const int32_t* owners,
+                                      Py_ssize_t npoints, Py_ssize_t start, Py_ssize_t n,
+                                      uint32_t* stamps, uint32_t stamp,
+                                      int32_t* out) noexcept nogil:
+    """Collect n distinct owners walking clockwise from `start`; stamps[o] == stamp marks seen."""
+    cdef Py_ssize_t found = 0, p = start, steps = 0
+    cdef int32_t o
+    while found < n and steps < npoints:
+        o = owners[p]
+        if stamps[o] != stamp:
+            stamps[o] = stamp
+            out[found] = o
+            found += 1
+        p += 1
+        if p == npoints:
+            p = 0
+        steps += 1
+    return found
+
+
+@cython.final
+cdef class _Stamps:
+    """Scratch 'seen' markers for preference walks, one uint32 per node."""
+    cdef uint32_t* data
+    cdef Py_ssize_t size
+
+    def __cinit__(self, Py_ssize_t size):
+        self.data = <uint32_t*>calloc(max(size, 1), sizeof(uint32_t))
+        self.size = size
+        if self.data == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.data)
+
+
+cdef class RingBase:
+    """Lookups over the ring's current immutable state (compiled; see HashRing for the docs)."""
+    cdef RingState _state
+
+    cdef RingState _current(self):
+        cdef RingState st
+        # A plain read under the GIL; on free-threaded builds the critical section keeps the
+        # reference valid while a writer swaps it.
+        with cython.critical_section(self):
+            st = self._state
+        return st
+
+    cdef RingState _nonempty(self):
+        cdef RingState st = self._current()
+        if st is None or st.npoints == 0:
+            raise EmptyRingError("the ring has no nodes")
+        return st
+
+    def _swap_state(self, RingState state not None):
+        with cython.critical_section(self):
+            self._state = state
+
+    @property
+    def _ring_state(self):
+        return self._current()
+
+    # -- single lookups -------------------------------------------------------------------------
+
+    def get(self, key):
+        """The node that owns `key` (str, bytes-like or int)."""
+        cdef RingState st = self._nonempty()
+        cdef uint64_t h = st.key_hash(key, "key")
+        return st.nodes[st.owners[st.find(h)]]
+
+    def __getitem__(self, key):
+        cdef RingState st = self._nonempty()
+        cdef uint64_t h = st.key_hash(key, "key")
+        return st.nodes[st.owners[st.find(h)]]
+
+    def get_hash(self, uint64_t h):
+        """The node that owns an already-hashed uint64 position on the ring."""
+        cdef RingState st = self._nonempty()
+        return st.nodes[st.owners[st.find(h)]]
+
+    def preference_list(self, key, n):
+        """`n` distinct nodes for `key`, walking clockwise from its position, primary first."""
+        cdef RingState st = self._nonempty()
+        cdef Py_ssize_t count = _check_n(n, len(st.nodes))
+        cdef uint64_t h = st.key_hash(key, "key")
+        cdef _Stamps stamps = _Stamps(len(st.nodes))
+        cdef int32_t* picked = <int32_t*>malloc(count * sizeof(int32_t))
+        if picked == NULL:
+            raise MemoryError()
+        try:
+            _walk_distinct(st.points, st.owners, st.npoints, st.find(h), count, stamps.data, 1,
+                           picked)
+            return [st.nodes[picked[i]] for i in range(count)]
+        finally:
+            free(picked)
+
+    # -- batch lookups ----------------------------------------------------------------------------
+
+    def get_many(self, keys, out=None):
+        """Owner of each key as int32 indices into ``nodes`` of the snapshot that answered."""
+        cdef RingState st = self._nonempty()
+        batch = as_batch(keys, "keys")
+        cdef Py_ssize_t n = len(batch), i
+        result = _check_out(out, n, np.int32, (n,))
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, n)
+        cdef int32_t[::1] rv = result
+        if n:
+            with nogil:
+                for i in range(n):
+                    rv[i] = st.owners[st.find(hashes[i])]
+        return result
+
+    def locate(self, hashes, out=None):
+        """Owner of each already-hashed uint64 position, as int32 indices into ``nodes``."""
+        cdef RingState st = self._nonempty()
+        if not isinstance(hashes, np.ndarray):
+            raise TypeError(f"hashes must be a numpy uint64 array, got {type(hashes).__name__}")
+        if hashes.dtype != np.uint64:
+            raise TypeError(f"hashes must have dtype uint64, got {hashes.dtype}")
+        if hashes.ndim != 1:
+            raise ValueError(f"hashes must be 1-dimensional, got shape {hashes.shape}")
+        cdef const uint64_t[::1] hv = np.ascontiguousarray(hashes)
+        cdef Py_ssize_t n = hv.shape[0], i
+        result = _check_out(out, n, np.int32, (n,))
+        cdef int32_t[::1] rv = result
+        with nogil:
+            for i in range(n):
+                rv[i] = st.owners[st.find(hv[i])]
+        return result
+
+    def preference_many(self, keys, n, out=None):
+        """`n` distinct nodes per key, clockwise, primary first: int32 array of shape (len(keys), n)."""
+        cdef RingState st = self._nonempty()
+        cdef Py_ssize_t count = _check_n(n, len(st.nodes))
+        batch = as_batch(keys, "keys")
+        cdef Py_ssize_t m = len(batch), i
+        result = _check_out(out, m, np.int32, (m, count))
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m)
+        cdef _Stamps stamps = _Stamps(len(st.nodes))
+        cdef int32_t[:, ::1] rv = result
+        cdef uint32_t stamp = 0
+        cdef Py_ssize_t nn = len(st.nodes), o
+        if m:
+            with nogil:
+                for i in range(m):
+                    stamp += 1
+                    if stamp == 0:  # wrapped: clear the markers once every 2**32 keys
+                        for o in range(nn):
+                            stamps.data[o] = 0
+                        stamp = 1
+                    _walk_distinct(st.points, st.owners, st.npoints, st.find(hashes[i]), count,
+                                   stamps.data, stamp, &rv[i, 0])
+        return result
+
+    def assign_bounded(self, keys, load_factor=1.25):
+        """Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2016).
+
+        Each node takes at most ceil(load_factor * len(keys) * its weight share) keys; a key whose
+        owner is full walks clockwise to the next node with room. Keys are placed in order, so
+        the result is deterministic for the same keys in the same order. Returns int32 indices
+        into ``nodes``.
+        """
+        cdef RingState st = self._nonempty()
+        cdef double c
+        if isinstance(load_factor, bool) or not isinstance(load_factor, (int, float, np.floating,
+                                                                          np.integer)):
+            raise TypeError(f"load_factor must be a number, got {type(load_factor).__name__}")
+        c = load_factor
+        if not isfinite(c) or c < 1.0:
+            raise ValueError(f"load_factor must be a finite number >= 1, got {load_factor}")
+        batch = as_batch(keys, "keys")
+        cdef Py_ssize_t m = len(batch), i, p, nn = len(st.nodes)
+        result = np.empty(m, dtype=np.int32)
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m)
+        total_weight = sum(st.weight_values)
+        capacity = np.array([ceil(c * m * w / total_weight) for w in st.weight_values],
+                            dtype=np.int64)
+        load = np.zeros(nn, dtype=np.int64)
+        cdef int64_t[::1] cap = capacity
+        cdef int64_t[::1] ld = load
+        cdef int32_t[::1] rv = result
+        cdef int32_t o
+        if m:
+            with nogil:
+                for i in range(m):
+                    p = st.find(hashes[i])
+                    o = st.owners[p]
+                    while ld[o] >= cap[o]:
+                        p += 1
+                        if p == st.npoints:
+                            p = 0
+                        o = st.owners[p]
+                    ld[o] += 1
+                    rv[i] = o
+        return result
+
+    # -- description ------------------------------------------------------------------------------
+
+    @property
+    def nodes(self):
+        """Node names, sorted; batch results index this tuple."""
+        cdef RingState st = self._current()
+        return () if st is None else st.nodes
+
+    @property
+    def weights(self):
+        """{name: weight} for every node."""
+        cdef RingState st = self._current()
+        return {} if st is None else dict(zip(st.nodes, st.weight_values))
+
+    @property
+    def vnodes(self):
+        return self._current().vnodes
+
+    @property
+    def algorithm(self):
+        return self._current().algorithm
+
+    @property
+    def seed(self):
+        return self._current().seed
+
+    @property
+    def is_ketama(self):
+        return self._current().ketama
+
+    @property
+    def points(self):
+        """The sorted ring points (read-only uint64 array)."""
+        return self._current().points_array
+
+    @property
+    def owners(self):
+        """The owner of each point (read-only int32 array of indices into nodes)."""
+        return self._current().owners_array
+
+    @property
+    def nbytes(self):
+        """Bytes held by points, owners and the lookup index."""
+        cdef RingState st = self._current()
+        return st.points_array.nbytes + st.owners_array.nbytes + st.index_array.nbytes
+
+    def __len__(self):
+        cdef RingState st = self._current()
+        return 0 if st is None else len(st.nodes)
+
+    def __contains__(self, name):
+        cdef RingState st = self._current()
+        return st is not None and isinstance(name, str) and name in st.positions
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def shares(self):
+        """Each node's share of the hash space (the arcs its points close), summing to 1."""
+        cdef RingState st = self._current()
+        points = st.points_array
+        if points.shape[0] == 0:
+            return {}
+        # Point i owns (points[i-1], points[i]]; uint64 subtraction wraps around the ring.
+        arcs = np.empty(points.shape[0], dtype=np.float64)
+        if points.shape[0] == 1:
+            arcs[0] = 2.0**64
+        else:
+            gaps = np.empty(points.shape[0], dtype=np.uint64)
+            gaps[1:] = points[1:] - points[:-1]
+            gaps[:1] = points[:1] - points[-1:]
+            arcs[:] = gaps
+        sums = np.bincount(st.owners_array, weights=arcs, minlength=len(st.nodes)) / 2.0**64
+        return dict(zip(st.nodes, sums.tolist()))
+
+    def load(self, keys):
+        """How `keys` spread over the nodes: a LoadStats with counts, mean, max and min."""
+        from ringkit.ring import LoadStats
+        cdef RingState st = self._nonempty()
+        snap = RingSnapshot._of(st)
+        counts = np.bincount(snap.get_many(keys), minlength=len(st.nodes))
+        total = int(counts.sum())
+        return LoadStats(counts=dict(zip(st.nodes, counts.tolist())), total=total,
+                         mean=total / len(st.nodes), max=int(counts.max()), min=int(counts.min()))
+
+    def movement(self, other, keys):
+        """Which of `keys` route to a different node in `other` (e.g. after an add or remove)."""
+        from ringkit.ring import Movement
+        if not isinstance(other, RingBase):
+            raise TypeError(f"other must be a HashRing or RingSnapshot, got {type(other).__name__}")
+        mine = RingSnapshot._of((<RingBase>self)._nonempty())
+        theirs = RingSnapshot._of((<RingBase>other)._nonempty())
+        batch = as_batch(keys, "keys")
+        a = mine.get_many(batch)
+        b = theirs.get_many(batch)
+        position = {name: i for i, name in enumerate(theirs.nodes)}
+        translate = np.array([position.get(name, -1) for name in mine.nodes], dtype=np.int32)
+        moved = translate[a] != b
+        flows = {}
+        if moved.any():
+            pairs, counts = np.unique(np.stack([a[moved], b[moved]]), axis=1, return_counts=True)
+            for (i, j), c in zip(pairs.T.tolist(), counts.tolist()):
+                flows[(mine.nodes[i], theirs.nodes[j])] = c
+        return Movement(moved=moved, flows=flows)
+
+    def fingerprint(self):
+        """A hex digest of the placement (nodes, points and owners): equal fingerprints route alike."""
+        cdef RingState st = self._current()
+        if st._fingerprint is None:
+            from ringkit._hashing import hash64
+            names = "\x00".join(st.nodes).encode("utf-8", "surrogatepass")
+            head = f"ringkit-ring/{FORMAT}/{int(st.ketama)}/{len(st.nodes)}/".encode()
+            parts = [hash64(head + names, "xxh64", 0),
+                     hash64(st.points_array.tobytes(), "xxh64", 1),
+                     hash64(st.owners_array.tobytes(), "xxh64", 2)]
+            st._fingerprint = "".join(f"{p:016x}" for p in parts)
+        return st._fingerprint
+
+
+@cython.final
+cdef class RingSnapshot(RingBase):
+    """A frozen view of a ring: its ``nodes`` and its lookups always agree."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("RingSnapshot is made by HashRing.snapshot()")
+
+    @staticmethod
+    def _of(RingState state not None):
+        cdef RingSnapshot snap = RingSnapshot.__new__(RingSnapshot)
+        snap._state = state
+        return snap
+
+    def __repr__(self):
+        st = self._state
+        return (f"<RingSnapshot nodes={len(st.nodes)} points={st.npoints} "
+                f"fingerprint={self.fingerprint()[:16]}>")
+
+    def __eq__(self, other):
+        if not isinstance(other, RingBase):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __hash__(self):
+        return hash(self.fingerprint())
+
+    def __reduce__(self):
+        from ringkit.ring import _snapshot_from_dict
+        return (_snapshot_from_dict, (self.to_dict(),))
+
+    def to_dict(self):
+        from ringkit.ring import _state_to_dict
+        return _state_to_dict(self._state)

@@ -805,8 +805,11 @@ cdef class RingBase:
         snap = RingSnapshot._of(st)
         counts = np.bincount(snap.get_many(keys), minlength=len(st.nodes))
         total = int(counts.sum())
-        return LoadStats(counts=dict(zip(st.nodes, counts.tolist())), total=total,
-                         mean=total / len(st.nodes), max=int(counts.max()), min=int(counts.min()))
+        total_weight = sum(st.weight_values)
+        expected = {name: total * w / total_weight for name, w in zip(st.nodes, st.weight_values)}
+        return LoadStats(counts=dict(zip(st.nodes, counts.tolist())), expected=expected,
+                         total=total, mean=total / len(st.nodes), max=int(counts.max()),
+                         min=int(counts.min()))
 
     def movement(self, other, keys):
         """Which of `keys` route to a different node in `other` (e.g. after an add or remove)."""

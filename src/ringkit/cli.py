@@ -36,7 +36,30 @@ def _demo_hashing(write: Callable[[str], object]) -> None:
           f"{[f'{h:#x}' for h in ringkit.hash64_many(ids)][:2]} ...\n\n")
 
 
-_DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [_demo_hashing]
+def _demo_ring(write: Callable[[str], object]) -> None:
+    import numpy as np
+
+    write("== consistent-hash ring ==\n")
+    ring = ringkit.HashRing({"cache-a": 1.0, "cache-b": 1.0, "cache-c": 2.0})
+    write(f"{ring!r}\n")
+    write(f"ring.get('user:42') = {ring.get('user:42')!r}\n")
+    write(f"ring.preference_list('user:42', 2) = {ring.preference_list('user:42', 2)}\n")
+    keys = [f"user:{i}" for i in range(100_000)]
+    stats = ring.load(keys)
+    spread = ", ".join(f"{name}: {count:,}" for name, count in stats.counts.items())
+    write(f"100,000 keys by get_many: {spread} (worst node at {stats.max_over_expected:.3f}x its weighted share)\n")
+    bigger = ringkit.HashRing({**ring.weights, "cache-d": 1.0})
+    moved = ring.movement(bigger, keys)
+    write(f"adding cache-d moves {moved.fraction:.1%} of the keys, all onto cache-d: "
+          f"{sorted({dst for _, dst in moved.flows})}\n")
+    bounded = ring.assign_bounded(keys[:1000], load_factor=1.1)
+    counts = {ring.nodes[i]: int(c) for i, c in enumerate(np.bincount(bounded))}
+    write(f"assign_bounded(1,000 keys, load_factor=1.1): {counts}\n")
+    memcached = ringkit.HashRing.ketama(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"])
+    write(f"ketama (libketama-compatible) routes 'foo' to {memcached.get('foo')!r}\n\n")
+
+
+_DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [_demo_hashing, _demo_ring]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,9 +108,15 @@ def ketama_digests(weights: Mapping[str, float]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class LoadStats:
-    """How a set of keys spreads over the nodes."""
+    """How a set of keys spreads over the nodes.
+
+    ``expected`` is each node's fair count (total x its weight share); ``max_over_expected`` is
+    the worst node's count over its fair count, the figure to watch on a weighted ring, and
+    ``max_over_mean`` the plain peak-to-average ratio (the same thing when weights are equal).
+    """
 
     counts: dict[str, int]
+    expected: dict[str, float]
     total: int
     mean: float
     max: int
@@ -118,8 +124,12 @@ class LoadStats:
 
     @property
     def max_over_mean(self) -> float:
-        """The peak-to-average ratio (1.0 is a perfect spread)."""
         return self.max / self.mean if self.mean else 0.0
+
+    @property
+    def max_over_expected(self) -> float:
+        ratios = [self.counts[n] / e for n, e in self.expected.items() if e > 0]
+        return max(ratios) if ratios else 0.0
 
 
 @dataclass(frozen=True)

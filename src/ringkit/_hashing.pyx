@@ -431,6 +431,9 @@ cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,
         return hash_u64(algorithm, _int_form(key, argname), seed)
     if isinstance(key, np.ndarray):
         raise TypeError(f"{argname}: a numpy array is not a key; hash a batch with hash64_many")
+    if isinstance(key, np.bool_):
+        # Like True and False, and like the items of a bool array (np.bool_ has no __index__).
+        return hash_u64(algorithm, 1 if key else 0, seed)
     if PyIndex_Check(key):
         try:
             value = key.__index__()
@@ -438,6 +441,12 @@ cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,
             raise TypeError(f"{argname}: keys must be str, bytes-like or int, "
                             f"got {type(key).__name__}") from None
         return hash_u64(algorithm, _int_form(value, argname), seed)
+    if isinstance(key, np.generic):
+        # numpy scalars export their raw bytes through the buffer protocol; only integer and bool
+        # scalars are keys (hashed like the same int, as in an integer or bool array), never the
+        # bytes of a float64, complex or datetime64.
+        raise TypeError(f"{argname}: keys must be str, bytes-like or int, "
+                        f"got numpy {type(key).__name__}")
     if PyObject_CheckBuffer(key):
         try:
             PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
@@ -456,40 +465,59 @@ cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,
 # Batches
 
 cdef object as_batch(object keys, str argname):
-    if isinstance(keys, (list, tuple)):
+    if type(keys) is list or type(keys) is tuple:
         return keys
+    if isinstance(keys, (list, tuple)):
+        # A subclass may override __len__ or __getitem__; hash what iteration yields instead of
+        # trusting them next to the raw item array.
+        return list(keys)
     if isinstance(keys, np.ndarray):
         if keys.ndim != 1:
             raise ValueError(f"{argname} must be 1-dimensional, got an array of shape {keys.shape}")
         return keys
     if _is_arrow(keys):
-        return keys
+        if hasattr(keys, "chunks") or hasattr(keys, "buffers"):
+            return keys
+        raise TypeError(f"{argname} must be a batch of keys (list, tuple, numpy or pyarrow "
+                        f"array), got pyarrow {type(keys).__name__}")
     if isinstance(keys, (str, bytes, bytearray, memoryview, int)) or keys is None:
         raise TypeError(f"{argname} must be a batch of keys (list, tuple, numpy or pyarrow "
                         f"array), got a single {type(keys).__name__}; hash one key with hash64")
     if isinstance(keys, dict):
         raise TypeError(f"{argname} must be a batch of keys, got a dict")
     try:
-        return list(keys)
+        iterator = iter(keys)
     except TypeError:
         raise TypeError(f"{argname} must be a batch of keys (list, tuple, numpy or pyarrow "
                         f"array), got {type(keys).__name__}") from None
+    # Outside the try: an error raised by the iterable itself propagates as it is.
+    return list(iterator)
 
 cdef inline bint _is_arrow(object obj):
     return type(obj).__module__.startswith("pyarrow")
 
-cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, str argname) except -1:
-    cdef Py_ssize_t i = 0, n
+cdef inline Py_ssize_t _sequence_size(object seq) noexcept:
+    # The real item count (ob_size), never a __len__ that a subclass may override.
+    if isinstance(seq, list):
+        return PyList_GET_SIZE(seq)
+    return PyTuple_GET_SIZE(seq)
+
+cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, Py_ssize_t n,
+                    str argname) except -1:
+    """Hash the n items of a list or tuple into out[0:n]."""
+    cdef Py_ssize_t i = 0
     cdef PyObject** items
     cdef PyObject* raw
     cdef object item
     # A list can be changed by another thread while we read it: hold its critical section (a no-op
     # where the GIL exists). Exact ASCII str items, the common case, are hashed through a borrowed
     # pointer: nothing in that path runs Python code that could change the list. Anything else
-    # takes a strong reference first.
+    # takes a strong reference first, and may run Python code (__index__, __buffer__) that
+    # changes the list, so the item array and its size are read again after it.
     try:
         with cython.critical_section(keys):
-            n = len(keys)
+            if _sequence_size(keys) != n:
+                raise RuntimeError(f"{argname} changed size while being hashed")
             items = PySequence_Fast_ITEMS(keys)
             while i < n:
                 raw = items[i]
@@ -501,13 +529,17 @@ cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, st
                 else:
                     item = <object>raw
                     out[i] = hash_object(item, algorithm, seed, argname)
+                    if _sequence_size(keys) != n:
+                        raise RuntimeError(f"{argname} changed size while being hashed")
+                    items = PySequence_Fast_ITEMS(keys)
                 i += 1
     except (TypeError, ValueError, OverflowError) as exc:
         # Point at the offending item: "keys: ..." becomes "keys[i]: ...".
         message = str(exc)
-        if message.startswith(argname + ":"):
-            message = f"{argname}[{i}]" + message[len(argname):]
-        raise type(exc)(message) from None
+        if type(exc) not in (TypeError, ValueError, OverflowError) or not message.startswith(
+                argname + ":"):
+            raise
+        raise type(exc)(f"{argname}[{i}]" + message[len(argname):]) from None
     return 0
 
 cdef void _hash_ints(int algorithm, uint64_t seed, const uint64_t[::1] values,
@@ -627,7 +659,7 @@ cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
             raise ValueError(f"{argname}[{bad}]: str key cannot be encoded as UTF-8 (lone "
                              f"surrogate or code point above U+10FFFF)")
     elif kind == "O":
-        _hash_list(keys.tolist(), algorithm, seed, out, argname)
+        _hash_list(keys.tolist(), algorithm, seed, out, n, argname)
     elif kind == "T":
         items = keys.tolist()
         na = getattr(keys.dtype, "na_object", _NO_NA)
@@ -635,7 +667,7 @@ cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
             for i, item in enumerate(items):
                 if not isinstance(item, str):
                     raise ValueError(f"{argname}[{i}] is null; null keys cannot be hashed")
-        _hash_list(items, algorithm, seed, out, argname)
+        _hash_list(items, algorithm, seed, out, n, argname)
     else:
         raise TypeError(f"{argname}: unsupported dtype {keys.dtype} (use integer, 'S', 'U', "
                         f"StringDType or object arrays)")
@@ -699,12 +731,13 @@ cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py
     """Hash the keys of a batch already normalised by as_batch into out[0:n]."""
     cdef Py_ssize_t pos = 0
     if isinstance(keys, (list, tuple)):
-        return _hash_list(keys, algorithm, seed, out, argname)
+        return _hash_list(keys, algorithm, seed, out, n, argname)
     if isinstance(keys, np.ndarray):
         return _hash_ndarray(keys, algorithm, seed, out, argname)
     if hasattr(keys, "chunks"):
         for chunk in keys.chunks:
-            _hash_arrow_chunk(chunk, algorithm, seed, out + pos, pos, argname)
+            # (out may be NULL when the whole batch is empty: never offset it then.)
+            _hash_arrow_chunk(chunk, algorithm, seed, out + pos if pos else out, pos, argname)
             pos += len(chunk)
         return 0
     if hasattr(keys, "buffers"):
@@ -759,9 +792,12 @@ def hash64_many(keys, algorithm="xxh64", seed=0, out=None):
     batch = as_batch(keys, "keys")
     cdef Py_ssize_t n = len(batch)
     cdef uint64_t[::1] result
+    cdef uint64_t* dst = NULL
     if out is None:
         out = np.empty(n, dtype=np.uint64)
     result = _check_out(out, n)
     if n:
-        hash_batch(batch, algo, s, &result[0], n, "keys")
+        dst = &result[0]
+    # Even an empty batch goes through: an unsupported dtype is an error at any length.
+    hash_batch(batch, algo, s, dst, n, "keys")
     return out

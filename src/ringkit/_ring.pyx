@@ -42,9 +42,13 @@ cdef enum:
     POINT_CHUNK = 1024   # point inputs written per batch by _node_points
 
 cdef int _bits_for(Py_ssize_t npoints) noexcept nogil:
-    """Index bits: about one point per bucket, at most one bucket per point (<= 4 bytes/point)."""
+    """Index bits: about one point per bucket, fewer buckets than points (<= 4 bytes/point).
+
+    The index has 2**bits + 1 entries, so 2**bits must stay below npoints (not equal to it) for
+    the entries to fit 4 bytes per point once npoints >= 3.
+    """
     cdef int bits = 1
-    while bits < 30 and (<Py_ssize_t>1 << (bits + 1)) <= npoints:
+    while bits < 30 and (<Py_ssize_t>1 << (bits + 1)) < npoints:
         bits += 1
     return bits
 
@@ -235,6 +239,7 @@ cdef class RingState:
     cdef const int32_t* owners
     cdef const uint32_t* index
     cdef Py_ssize_t npoints
+    cdef Py_ssize_t nplaced              # nodes owning >= 1 point (a ketama share can give none)
     cdef int shift
 
     def __reduce__(self):
@@ -308,6 +313,7 @@ cdef RingState _make_state(tuple nodes, tuple weights, tuple counts, int vnodes,
     st.owners_array = owners
     st.index_array = index
     st.npoints = n
+    st.nplaced = sum(1 for c in counts if c)
     st.shift = 64 - bits
     st.positions = {name: i for i, name in enumerate(nodes)}
     st._fingerprint = None
@@ -345,10 +351,12 @@ def build(nodes, weights, counts, int vnodes, str algorithm, seed):
     cdef uint64_t s = parse_seed(algo, seed)
     cdef Py_ssize_t total = 0, c, pos = 0, maxlen = 0, i, nn = len(nodes)
     cdef int bits
+    # Summed as Python ints first: a huge count must be refused, not overflow a Py_ssize_t.
+    if sum(counts) > MAX_POINTS:
+        raise ValueError(f"vnodes/weights give {sum(counts)} points, more than the limit of "
+                         f"{MAX_POINTS}")
     for c in counts:
         total += c
-    if total > MAX_POINTS:
-        raise ValueError(f"vnodes/weights give {total} points, more than the limit of {MAX_POINTS}")
     encoded = [_name_bytes(name) for name in nodes]
     for name_b in encoded:
         maxlen = max(maxlen, len(name_b))
@@ -423,13 +431,15 @@ cdef _sort_in_place(object points, object owners):
         _sort_points(&pv[0], &ov[0], n, bits, &tpv[0], &tov[0], &cv[0])
 
 
-def with_node(RingState st, str name, weight, Py_ssize_t count):
+def with_node(RingState st, str name, weight, object count):
     """A new RingState: `st` plus node `name` with `count` points, merged in (no rebuild)."""
     if st.ketama:
         raise TypeError("internal: ketama rings are rebuilt, not merged")
+    # Checked as a Python int: a huge count must be refused, not overflow a Py_ssize_t.
     if st.npoints + count > MAX_POINTS:
         raise ValueError(f"adding {name!r} would give {st.npoints + count} points, more than the "
                          f"limit of {MAX_POINTS}")
+    cdef Py_ssize_t ncount = count
     nodes = list(st.nodes)
     # Sorted position of the new name; owners at or after it shift up by one.
     cdef Py_ssize_t j = 0, i, n = st.npoints
@@ -461,7 +471,7 @@ def with_node(RingState st, str name, weight, Py_ssize_t count):
     cdef uint64_t[::1] pv = points
     cdef int32_t[::1] ov = owners
     with nogil:
-        _merge(st.points, &oov[0], n, &npv[0], &nov[0], count, &pv[0], &ov[0])
+        _merge(st.points, &oov[0], n, &npv[0], &nov[0], ncount, &pv[0], &ov[0])
     nodes.insert(j, name)
     weights = list(st.weight_values)
     weights.insert(j, weight)
@@ -516,13 +526,17 @@ cdef object _check_out(object out, Py_ssize_t n, object dtype, tuple shape):
         raise ValueError("out must be C-contiguous and writeable")
     return out
 
-cdef Py_ssize_t _check_n(object n, Py_ssize_t nnodes) except -1:
+cdef Py_ssize_t _check_n(object n, RingState st) except -1:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if n > nnodes:
-        raise ValueError(f"n={n} is larger than the number of nodes ({nnodes})")
+    if n > len(st.nodes):
+        raise ValueError(f"n={n} is larger than the number of nodes ({len(st.nodes)})")
+    # The walk can only find nodes that own points; asking for more would read unset slots.
+    if n > st.nplaced:
+        raise ValueError(f"n={n} is larger than the number of nodes that own points "
+                         f"({st.nplaced}; a ketama share too small for one digest gives none)")
     return n
 
 cdef inline Py_ssize_t _walk_distinct(const uint64_t* points, const int32_t* owners,
@@ -608,7 +622,7 @@ cdef class RingBase:
     def preference_list(self, key, n):
         """`n` distinct nodes for `key`, walking clockwise from its position, primary first."""
         cdef RingState st = self._nonempty()
-        cdef Py_ssize_t count = _check_n(n, len(st.nodes))
+        cdef Py_ssize_t count = _check_n(n, st)
         cdef uint64_t h = st.key_hash(key, "key")
         cdef _Stamps stamps = _Stamps(len(st.nodes))
         cdef int32_t* picked = <int32_t*>malloc(count * sizeof(int32_t))
@@ -658,7 +672,7 @@ cdef class RingBase:
     def preference_many(self, keys, n, out=None):
         """`n` distinct nodes per key, clockwise, primary first: int32 array of shape (len(keys), n)."""
         cdef RingState st = self._nonempty()
-        cdef Py_ssize_t count = _check_n(n, len(st.nodes))
+        cdef Py_ssize_t count = _check_n(n, st)
         batch = as_batch(keys, "keys")
         cdef Py_ssize_t m = len(batch), i
         result = _check_out(out, m, np.int32, (m, count))
@@ -699,8 +713,12 @@ cdef class RingBase:
         cdef Py_ssize_t m = len(batch), i, p, nn = len(st.nodes)
         result = np.empty(m, dtype=np.int32)
         cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m)
-        total_weight = sum(st.weight_values)
-        capacity = np.array([ceil(c * m * w / total_weight) for w in st.weight_values],
+        # Only nodes that own points can take keys (a ketama node may own none: counting its
+        # capacity would leave the others short and the walk below would never end). No node
+        # can need more than m, which also keeps a huge load_factor from overflowing int64.
+        placed = [w if k else 0.0 for w, k in zip(st.weight_values, st.counts)]
+        total_weight = sum(placed)
+        capacity = np.array([min(m, ceil(c * m * w / total_weight)) for w in placed],
                             dtype=np.int64)
         load = np.zeros(nn, dtype=np.int64)
         cdef int64_t[::1] cap = capacity
@@ -831,6 +849,11 @@ cdef class RingBase:
                 flows[(mine.nodes[i], theirs.nodes[j])] = c
         return Movement(moved=moved, flows=flows)
 
+    def to_dict(self):
+        """A plain dict (JSON-ready) that HashRing.from_dict turns back into an equal ring."""
+        from ringkit.ring import _state_to_dict
+        return _state_to_dict(self._current())
+
     def fingerprint(self):
         """A hex digest of the placement (nodes, points and owners): equal fingerprints route alike."""
         cdef RingState st = self._current()
@@ -875,6 +898,3 @@ cdef class RingSnapshot(RingBase):
         from ringkit.ring import _snapshot_from_dict
         return (_snapshot_from_dict, (self.to_dict(),))
 
-    def to_dict(self):
-        from ringkit.ring import _state_to_dict
-        return _state_to_dict(self._state)

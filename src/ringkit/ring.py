@@ -59,6 +59,8 @@ def _check_vnodes(vnodes: object) -> int:
         raise TypeError(f"vnodes must be an int, got {type(vnodes).__name__}")
     if vnodes < 1:
         raise ValueError(f"vnodes must be at least 1, got {vnodes}")
+    if vnodes > _ring.MAX_POINTS:  # the core keeps vnodes in a C int
+        raise ValueError(f"vnodes must be at most {_ring.MAX_POINTS}, got {vnodes}")
     return int(vnodes)
 
 
@@ -96,7 +98,9 @@ def ketama_digests(weights: Mapping[str, float]) -> dict[str, int]:
     libketama divides the server's weight by the total in single precision, multiplies by
     ``40.0 * numservers`` in double, and floors the result converted back to float.
     """
-    total = np.float32(sum(np.float32(w) for w in weights.values()))
+    # libketama sums the integer weights exactly (unsigned long) and converts the total once;
+    # summing float32s instead rounds past 2**24 and changes digest counts.
+    total = np.float32(math.fsum(weights.values()))
     count = np.float32(len(weights))
     digests = {}
     for name, weight in weights.items():
@@ -272,10 +276,6 @@ class HashRing(RingBase):
 
     # -- configuration ------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready) that :meth:`from_dict` turns back into an equal ring."""
-        return _state_to_dict(self._ring_state)
-
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> HashRing:
         """The ring that :meth:`to_dict` described (for configuration files)."""
@@ -305,7 +305,7 @@ class HashRing(RingBase):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RingBase):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        return bool(self.to_dict() == other.to_dict())
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 

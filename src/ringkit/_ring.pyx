@@ -56,22 +56,6 @@ cdef int _bits_for(Py_ssize_t npoints) noexcept nogil:
 # --------------------------------------------------------------------------------------------------
 # Nogil kernels over raw arrays
 
-cdef inline Py_ssize_t _find(const uint64_t* points, const uint32_t* index, int shift,
-                             Py_ssize_t npoints, uint64_t h) noexcept nogil:
-    """Position of the first point >= h, wrapping to 0.
-
-    index[b] is the first point of bucket b or later; every point past bucket b is > h, and
-    sentinels (UINT64_MAX) follow the last point, so the scan needs no end check. Buckets hold
-    one or two points on average: the first three are compared without branches (the points
-    below h are a prefix, so counting them is the step), which keeps lookups of independent
-    keys overlapping in the pipeline instead of stalling on a mispredicted loop exit.
-    """
-    cdef Py_ssize_t lo = index[h >> shift]
-    lo += (points[lo] < h) + (points[lo + 1] < h) + (points[lo + 2] < h)
-    while points[lo] < h:
-        lo += 1
-    return lo if lo < npoints else 0
-
 cdef void _build_index(const uint64_t* points, Py_ssize_t npoints, int bits,
                        uint32_t* index) noexcept nogil:
     """index[b] = number of points in buckets < b (the first point of bucket b or later).
@@ -221,34 +205,13 @@ cdef class RingState:
 
     Built by the module functions below; never changed after construction.
     """
-    cdef readonly tuple nodes
-    cdef readonly tuple weight_values
-    cdef readonly tuple counts           # points per node, aligned with nodes
-    cdef readonly int vnodes
-    cdef readonly str algorithm
-    cdef readonly object seed
-    cdef readonly bint ketama
-    cdef readonly object points_array    # uint64[npoints], read-only
-    cdef readonly object owners_array    # int32[npoints], read-only
-    cdef readonly object index_array     # uint32[2**bits + 1], read-only
-    cdef dict positions
-    cdef object _fingerprint
-    cdef int algo
-    cdef uint64_t seed_value
-    cdef const uint64_t* points
-    cdef const int32_t* owners
-    cdef const uint32_t* index
-    cdef Py_ssize_t npoints
-    cdef Py_ssize_t nplaced              # nodes owning >= 1 point (a ketama share can give none)
-    cdef int shift
-
     def __reduce__(self):
         raise TypeError("RingState is internal; pickle the HashRing or RingSnapshot instead")
 
-    cdef inline Py_ssize_t find(self, uint64_t h) noexcept nogil:
-        return _find(self.points, self.index, self.shift, self.npoints, h)
+    cdef Py_ssize_t find(self, uint64_t h) noexcept nogil:
+        return ring_find(self, h)
 
-    cdef inline uint64_t key_hash(self, object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t key_hash(self, object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
         cdef uint64_t h = hash_object(key, self.algo, self.seed_value, argname)
         return (h << 32) if self.ketama else h
 
@@ -309,6 +272,7 @@ cdef RingState _make_state(tuple nodes, tuple weights, tuple counts, int vnodes,
     st.ketama = ketama
     st.algo = ALGO_MD5 if ketama else parse_algorithm(algorithm)
     st.seed_value = parse_seed(st.algo, seed)
+    st.seed = int(st.seed_value)  # a plain int however it was given (numpy), so to_dict is JSON
     st.points_array = points
     st.owners_array = owners
     st.index_array = index
@@ -810,8 +774,9 @@ cdef class RingBase:
             arcs[0] = 2.0**64
         else:
             gaps = np.empty(points.shape[0], dtype=np.uint64)
-            gaps[1:] = points[1:] - points[:-1]
-            gaps[:1] = points[:1] - points[-1:]
+            last = points.shape[0] - 1
+            gaps[1:] = points[1:] - points[:last]
+            gaps[:1] = points[:1] - points[last:]
             arcs[:] = gaps
         sums = np.bincount(st.owners_array, weights=arcs, minlength=len(st.nodes)) / 2.0**64
         return dict(zip(st.nodes, sums.tolist()))

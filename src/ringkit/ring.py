@@ -311,13 +311,16 @@ class HashRing(RingBase):
 
     def __repr__(self) -> str:
         weights = self.weights
-        shown: Any = weights if len(weights) <= 8 else f"<{len(weights)} nodes>"
-        if all(w == 1.0 for w in weights.values()) and len(weights) <= 8:
-            shown = list(weights)
+        if len(weights) > 8:
+            shown = f"<{len(weights)} nodes>"
+        elif all(w == 1.0 for w in weights.values()):
+            shown = repr(list(weights))
+        else:
+            shown = repr(weights)
         if self._ketama:
-            return f"HashRing.ketama({shown!r})"
-        return (f"HashRing({shown!r}, vnodes={self._vnodes}, algorithm={self._algorithm!r}, "
-                f"seed={self._seed!r}) with {self.points.shape[0]} points")
+            return f"HashRing.ketama({shown})"
+        return (f"HashRing({shown}, vnodes={self._vnodes}, algorithm={self._algorithm!r}, "
+                f"seed={self.seed!r}) with {self.points.shape[0]} points")
 
 
 def _state_to_dict(state: _ring.RingState) -> dict[str, Any]:

@@ -37,7 +37,7 @@ extensions = [
         define_macros=macros,
         extra_compile_args=compile_args,
     )
-    for name in ("_hashing", "_ring")
+    for name in ("_hashing", "_ring", "_select")
 ]
 
 setup(

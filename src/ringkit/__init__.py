@@ -5,6 +5,7 @@ fenced distributed locks and primary/replica replication, with Cython kernels on
 """
 
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
+from ringkit.balancer import Balancer, BalancerEvent, NodeHealth
 from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 from ringkit.errors import (
     EmptyRingError,
@@ -21,6 +22,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "Balancer",
+    "BalancerEvent",
+    "NodeHealth",
     "EmptyRingError",
     "HashRing",
     "LoadStats",

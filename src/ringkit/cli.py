@@ -59,7 +59,34 @@ def _demo_ring(write: Callable[[str], object]) -> None:
     write(f"ketama (libketama-compatible) routes 'foo' to {memcached.get('foo')!r}\n\n")
 
 
-_DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [_demo_hashing, _demo_ring]
+def _demo_balancer(write: Callable[[str], object]) -> None:
+    write("== load balancing ==\n")
+    smooth = ringkit.Balancer({"a": 5, "b": 1, "c": 1})
+    write(f"smooth weighted round robin {{a: 5, b: 1, c: 1}}: "
+          f"{''.join(smooth.pick() for _ in range(14))}\n")
+    now = [0.0]
+    events: list[ringkit.BalancerEvent] = []
+    bal = ringkit.Balancer(["api-1", "api-2", "api-3"], strategy="least_request", seed=7,
+                           max_failures=3, base_ejection=30.0, clock=lambda: now[0],
+                           on_event=events.append)
+    with bal.lease() as node:
+        write(f"least_request lease -> {node}, in flight: {bal.in_flight}\n")
+    for _ in range(3):  # three failed requests in a row (a lease that raised counts the same)
+        bal.report("api-2", False)
+    picks = [bal.pick() for _ in range(6)]
+    write(f"api-2 failed 3 times in a row -> {bal.health()['api-2'].state}; picks now: "
+          f"{picks}\n")
+    now[0] = 31.0
+    picks = [bal.pick() for _ in range(6)]
+    write(f"31 s later it is re-admitted ({bal.health()['api-2'].state}); picks: {picks}\n")
+    write("events: " + "; ".join(f"{e.kind} {e.node} at t={e.at:g}" for e in events) + "\n\n")
+
+
+_DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [
+    _demo_hashing,
+    _demo_ring,
+    _demo_balancer,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

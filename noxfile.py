@@ -6,9 +6,16 @@ hand elsewhere cannot hide a missing dependency, and runs the suite against the 
     python3 -m nox -s bench          # the benchmark suite and its report (Python 3.13 for fastring)
 """
 
+import glob
 import os
 
 import nox
+
+# pyenv's shims answer only for the selected version: put every installed CPython's own bin
+# directory on PATH so that the matrix and bench sessions find python3.10 ... python3.13.
+_PYENV_BINS = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin")))
+if _PYENV_BINS:
+    os.environ["PATH"] = os.pathsep.join([*_PYENV_BINS, os.environ.get("PATH", "")])
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
@@ -45,4 +52,4 @@ def bench(session: nox.Session) -> None:
     os.makedirs("bench/results", exist_ok=True)
     session.run("python", "-m", "pytest", "bench", "-p", "no:cacheprovider",
                 "--benchmark-json=bench/results/latest.json", *session.posargs)
-    session.run("python", "bench/report.py", "bench/results/latest.json")
+    session.run("python", "bench/report.py", "bench/results/latest.json", "--plot")

@@ -6,12 +6,14 @@ fenced distributed locks and primary/replica replication, with Cython kernels on
 
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
 from ringkit.balancer import Balancer, BalancerEvent, NodeHealth
+from ringkit.lock import AsyncLock, Lock
 from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 from ringkit.errors import (
     EmptyRingError,
     LockError,
     LockLostError,
     LockNotOwnedError,
+    LockQuorumError,
     NoAvailableNodeError,
     QuorumError,
     RingkitError,
@@ -22,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "AsyncLock",
+    "Lock",
     "Balancer",
     "BalancerEvent",
     "NodeHealth",
@@ -33,6 +37,7 @@ __all__ = [
     "LockError",
     "LockLostError",
     "LockNotOwnedError",
+    "LockQuorumError",
     "NoAvailableNodeError",
     "QuorumError",
     "RingkitError",

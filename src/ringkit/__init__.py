@@ -7,6 +7,7 @@ fenced distributed locks and primary/replica replication, with Cython kernels on
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
 from ringkit.balancer import Balancer, BalancerEvent, NodeHealth
 from ringkit.lock import AsyncLock, Lock
+from ringkit.replication import ReplicatedStore
 from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 from ringkit.errors import (
     EmptyRingError,
@@ -33,6 +34,7 @@ __all__ = [
     "HashRing",
     "LoadStats",
     "Movement",
+    "ReplicatedStore",
     "RingSnapshot",
     "LockError",
     "LockLostError",

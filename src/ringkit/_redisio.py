@@ -37,7 +37,7 @@ def _arg(value: Any) -> bytes:
 def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
     on a fast network; this one only handles what ringkit sends: bytes, str, int)."""
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     for command in commands:
         append(b"*%d\r\n" % len(command))

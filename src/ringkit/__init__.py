@@ -4,6 +4,8 @@ Batch key hashing, a consistent-hash ring with vectorised lookups, weighted load
 fenced distributed locks and primary/replica replication, with Cython kernels on the hot paths.
 """
 
+import logging
+
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
 from ringkit.balancer import Balancer, BalancerEvent, NodeHealth
 from ringkit.lock import AsyncLock, Lock
@@ -22,6 +24,9 @@ from ringkit.errors import (
 )
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (nothing is printed unless it does).
+logging.getLogger("ringkit").addHandler(logging.NullHandler())
 
 __all__ = [
     "ALGORITHMS",

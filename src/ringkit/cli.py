@@ -82,10 +82,54 @@ def _demo_balancer(write: Callable[[str], object]) -> None:
     write("events: " + "; ".join(f"{e.kind} {e.node} at t={e.at:g}" for e in events) + "\n\n")
 
 
+def _demo_lock(write: Callable[[str], object]) -> None:
+    from ringkit.lock import Lock, MemoryBackend
+
+    write("== locks with fencing tokens ==\n")
+    backend = MemoryBackend()
+    first = Lock("invoice-42", backend, ttl=5.0)
+    with first:
+        old_token = first.token
+        write(f"held 'invoice-42' with fencing token {old_token}, "
+              f"{first.validity():.2f} s of validity left\n")
+        second = Lock("invoice-42", backend, ttl=5.0)
+        write(f"a second holder's non-blocking acquire: {second.acquire(blocking=False)}\n")
+    second.acquire()
+    write(f"after release the second holder gets token {second.token} "
+          f"(> {old_token}: a fenced store refuses the old one)\n")
+    second.release()
+    write("on Redis: Lock(name, RedisBackend(['redis://host-a', 'redis://host-b', "
+          "'redis://host-c'])) holds it on a majority\n\n")
+
+
+def _demo_replication(write: Callable[[str], object]) -> None:
+    from ringkit.replication import MemoryNode, ReplicatedStore
+
+    write("== replication ==\n")
+    nodes = {f"node-{i}": MemoryNode(f"node-{i}") for i in range(5)}
+    with ReplicatedStore(nodes, replicas=3, write_quorum=2, read_quorum=2) as store:
+        version = store.put("user:42", b"alice")
+        replicas = store.preference_list("user:42")
+        write(f"put user:42 -> version {version.counter}, on {replicas} (primary first)\n")
+        nodes[replicas[0]].kill()
+        write(f"{replicas[0]} dies; get still answers {store.get('user:42')!r}; "
+              f"put -> version {store.put('user:42', b'alice-2').counter}\n")
+        nodes[replicas[0]].revive(empty=True)
+        store.probe()
+        write(f"{replicas[0]} comes back empty: {store.status()[replicas[0]]} "
+              f"(counts for no quorum)\n")
+        report = store.repair()
+        write(f"repair(): {report.replicas_repaired} replicas repaired, refilled "
+              f"{report.nodes_refilled}; {replicas[0]} is {store.status()[replicas[0]]} and "
+              f"holds {nodes[replicas[0]].read(['user:42'])[1][0].value!r}\n\n")
+
+
 _DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [
     _demo_hashing,
     _demo_ring,
     _demo_balancer,
+    _demo_lock,
+    _demo_replication,
 ]
 
 

@@ -119,9 +119,10 @@ def _demo_replication(write: Callable[[str], object]) -> None:
         write(f"{replicas[0]} comes back empty: {store.status()[replicas[0]]} "
               f"(counts for no quorum)\n")
         report = store.repair()
+        held = nodes[replicas[0]].read(["user:42"])[1][0]
         write(f"repair(): {report.replicas_repaired} replicas repaired, refilled "
               f"{report.nodes_refilled}; {replicas[0]} is {store.status()[replicas[0]]} and "
-              f"holds {nodes[replicas[0]].read(['user:42'])[1][0].value!r}\n\n")
+              f"holds {None if held is None else held.value!r}\n\n")
 
 
 _DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [

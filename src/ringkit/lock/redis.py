@@ -35,7 +35,6 @@ new one, so change the list only when no lock is held, or wait one ttl with lock
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import threading
@@ -43,6 +42,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
+from ringkit._redisio import Batch, script_sha
 from ringkit.errors import LockQuorumError
 from ringkit.lock.base import Grant, check_name, check_ttl, drift
 from ringkit.ring import HashRing
@@ -104,6 +104,15 @@ return 1
 """
 
 
+_SOURCES = {"acquire": ACQUIRE, "fence": FENCE, "release": RELEASE, "extend": EXTEND}
+_SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
+SCRIPTS = {_SHA[name]: source for name, source in _SOURCES.items()}
+
+
+def _eval(sha: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", sha, len(keys), *keys, *args)
+
+
 def _server_name(client: Any) -> str:
     kwargs = getattr(client, "connection_pool", None)
     kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs is not None else {}
@@ -113,15 +122,17 @@ def _server_name(client: Any) -> str:
 
 
 class _Server:
-    """One Redis server with the scripts registered on its client."""
+    """One Redis server: its client, its name, and the shas of the lock scripts."""
 
-    def __init__(self, client: Any, name: str) -> None:
+    def __init__(self, client: Any, name: str, *, owned: bool = False) -> None:
         self.client = client
         self.name = name
-        self.acquire = client.register_script(ACQUIRE)
-        self.fence = client.register_script(FENCE)
-        self.release = client.register_script(RELEASE)
-        self.extend = client.register_script(EXTEND)
+        self.owned = owned     # made here from a URL: close() closes it
+        # Scripts are sent by sha (EVALSHA); Batch loads them where the server lacks them.
+        self.acquire = _SHA["acquire"]
+        self.fence = _SHA["fence"]
+        self.release = _SHA["release"]
+        self.extend = _SHA["extend"]
 
     def __repr__(self) -> str:
         return f"<redis {self.name}>"
@@ -151,9 +162,10 @@ class _Placement:
                                  f"{restart_delay!r}")
         self.servers: list[_Server] = []
         for item in items:
-            if isinstance(item, str):
+            owned = isinstance(item, str)
+            if owned:
                 client = make_client(item)
-            elif hasattr(item, "register_script"):
+            elif hasattr(item, "execute_command"):
                 client = item
             else:
                 raise TypeError("servers must be redis clients or redis:// URLs, got "
@@ -161,7 +173,7 @@ class _Placement:
             name = _server_name(client)
             if any(s.name == name for s in self.servers):
                 raise ValueError(f"servers: {name} is listed twice")
-            self.servers.append(_Server(client, name))
+            self.servers.append(_Server(client, name, owned=owned))
         n = len(self.servers)
         if replicas is None:
             replicas = n if n <= 5 else 5
@@ -242,7 +254,8 @@ def _assess_acquire(out: _Outcome) -> tuple[list[str], int | None, int]:
     return granted, single, candidate
 
 
-Round = tuple[Sequence[_Server], Callable[[_Server], Any]]
+# A round: the servers to ask, and the command to send each of them.
+Round = tuple[Sequence[_Server], Callable[[_Server], tuple[Any, ...]]]
 Steps = Generator[Round, _Outcome, Any]
 
 
@@ -250,7 +263,7 @@ def _release_round(p: _Placement, name: str, holder: str, servers: Iterable[str]
     lease, _ = p.keys(name)
     channel = p.channel(name)
     return ([p.by_name[s] for s in servers],
-            lambda s: s.release(keys=[lease], args=[holder, channel]))
+            lambda s: _eval(s.release, [lease], [holder, channel]))
 
 
 def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder: str,
@@ -260,7 +273,7 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
     single = len(targets) == 1
     keys, args = p.acquire_args(name, holder, ttl, single)
     start = clock()
-    out = yield targets, lambda s: s.acquire(keys=keys, args=args)
+    out = yield targets, lambda s: _eval(s.acquire, keys, args)
     granted, token, candidate = _assess_acquire(out) if out.replies else ([], None, 0)
     if len(out.replies) < out.majority:
         if granted:
@@ -273,7 +286,7 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
     if token is None:
         lease, fence = p.keys(name)
         written = yield ([p.by_name[s] for s in granted],
-                         lambda s: s.fence(keys=[lease, fence], args=[holder, candidate]))
+                         lambda s: _eval(s.fence, [lease, fence], [holder, candidate]))
         if sum(1 for r in written.replies.values() if int(r) == 1) < out.majority:
             yield _release_round(p, name, holder, granted)
             return None
@@ -301,7 +314,7 @@ def _extend_steps(p: _Placement, clock: Callable[[], float], name: str, holder: 
     lease, _ = p.keys(name)
     start = clock()
     ms = max(1, math.ceil(ttl * 1000))
-    out = yield targets, lambda s: s.extend(keys=[lease], args=[holder, ms])
+    out = yield targets, lambda s: _eval(s.extend, [lease], [holder, ms])
     if sum(1 for r in out.replies.values() if int(r) == 1) < out.majority:
         if len(out.replies) < out.majority:
             raise _quorum_error("extend", name, out.failed, targets)
@@ -313,7 +326,7 @@ def _extend_steps(p: _Placement, clock: Callable[[], float], name: str, holder: 
 def _owned_steps(p: _Placement, name: str, holder: str) -> Steps:
     targets = p.targets(name)
     lease, _ = p.keys(name)
-    out = yield targets, lambda s: s.client.get(lease)
+    out = yield targets, lambda s: ("GET", lease)
     if sum(1 for r in out.replies.values() if r is not None and _text(r) == holder) \
             >= out.majority:
         return True
@@ -363,9 +376,6 @@ class RedisBackend:
                                      make_client)
         self._timeout = timeout
         self._clock = clock
-        n = len(self._placement.servers)
-        self._pool = (concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(32, n), thread_name_prefix="ringkit-lock") if n > 1 else None)
 
     @property
     def servers(self) -> list[str]:
@@ -380,24 +390,27 @@ class RedisBackend:
         """The servers that hold lock `name`."""
         return [s.name for s in self._placement.targets(check_name(name))]
 
-    def _round(self, targets: Sequence[_Server], call: Callable[[_Server], Any]) -> _Outcome:
+    def _round(self, targets: Sequence[_Server],
+               command: Callable[[_Server], tuple[Any, ...]]) -> _Outcome:
+        """Send each server its command, then read the replies: the servers work in parallel
+        without a thread per server; each read is bounded by the client's socket timeout."""
         out = _Outcome(targets)
-        if len(targets) == 1 or self._pool is None:
-            for server in targets:
-                try:
-                    out.replies[server.name] = call(server)
-                except Exception as exc:  # noqa: BLE001 - every failure counts against quorum
-                    out.failed[server.name] = exc
-            return out
-        futures = {self._pool.submit(call, server): server for server in targets}
-        done, pending = concurrent.futures.wait(futures, timeout=self._timeout * 4 + 1.0)
-        for future, server in futures.items():
-            if future in pending:
-                out.failed[server.name] = TimeoutError(f"no answer from {server.name}")
-            elif future.exception() is not None:
-                out.failed[server.name] = future.exception()  # type: ignore[assignment]
+        sent = {}
+        for server in targets:
+            try:
+                sent[server.name] = Batch(server.client, [command(server)], SCRIPTS).send()
+            except Exception as exc:  # noqa: BLE001 - every failure counts against quorum
+                out.failed[server.name] = exc
+        for name, batch in sent.items():
+            try:
+                reply = batch.replies()[0]
+            except Exception as exc:  # noqa: BLE001
+                out.failed[name] = exc
+                continue
+            if isinstance(reply, Exception):
+                out.failed[name] = reply
             else:
-                out.replies[server.name] = future.result()
+                out.replies[name] = reply
         return out
 
     def _drive(self, steps: Steps) -> Any:
@@ -441,9 +454,10 @@ class RedisBackend:
         return marked
 
     def close(self) -> None:
-        """Stop the worker threads (clients passed in are left open)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        """Close the connections of clients this backend made from URLs."""
+        for server in self._placement.servers:
+            if server.owned:
+                server.client.close()
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.servers!r}, replicas={self.replicas})"
@@ -524,11 +538,21 @@ class AsyncRedisBackend:
         return [s.name for s in self._placement.servers]
 
     async def _round(self, targets: Sequence[_Server],
-                     call: Callable[[_Server], Any]) -> _Outcome:
+                     command: Callable[[_Server], tuple[Any, ...]]) -> _Outcome:
         out = _Outcome(targets)
 
         async def one(server: _Server) -> Any:
-            return await asyncio.wait_for(call(server), self._timeout * 4 + 1.0)
+            from redis.exceptions import NoScriptError
+
+            args = command(server)
+            try:
+                return await asyncio.wait_for(server.client.execute_command(*args),
+                                              self._timeout * 4 + 1.0)
+            except NoScriptError:
+                for source in SCRIPTS.values():
+                    await server.client.script_load(source)
+                return await asyncio.wait_for(server.client.execute_command(*args),
+                                              self._timeout * 4 + 1.0)
 
         results = await asyncio.gather(*(one(s) for s in targets), return_exceptions=True)
         for server, result in zip(targets, results):

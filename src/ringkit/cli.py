@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import ringkit
 
@@ -134,8 +135,228 @@ _DEMO_STEPS: list[Callable[[Callable[[str], object]], None]] = [
 ]
 
 
+# -- inspect and route ----------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit code 2)."""
+
+
+def _parse_nodes(text: str) -> dict[str, float]:
+    """'a,b,c:2.5' -> {'a': 1.0, 'b': 1.0, 'c': 2.5}."""
+    nodes: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, weight = item.rpartition(":") if ":" in item else (item, "", "")
+        if sep:
+            try:
+                value = float(weight)
+            except ValueError:
+                # A name with a colon in it (host:port) and no weight.
+                name, value = item, 1.0
+        else:
+            value = 1.0
+        if name in nodes:
+            raise UsageError(f"--nodes: {name!r} is listed twice")
+        nodes[name] = value
+    if not nodes:
+        raise UsageError("--nodes: give at least one node, e.g. --nodes a,b,c:2")
+    return nodes
+
+
+def _make_ring(args: argparse.Namespace, nodes: dict[str, float]) -> ringkit.HashRing:
+    try:
+        if args.ketama:
+            return ringkit.HashRing.ketama(nodes)
+        return ringkit.HashRing(nodes, vnodes=args.vnodes)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--nodes/--vnodes: {exc}") from None
+
+
+def _read_lines(path: str) -> list[str]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        keys = [line.rstrip("\r\n") for line in stream]
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    keys = [k for k in keys if k]
+    if not keys:
+        raise ValueError(f"no keys in {'standard input' if path == '-' else path}")
+    return keys
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    nodes = _parse_nodes(args.nodes)
+    ring = _make_ring(args, nodes)
+    if args.keys_file is not None:
+        keys = _read_lines(args.keys_file)
+    else:
+        if args.keys < 1:
+            raise UsageError(f"--keys must be at least 1, got {args.keys}")
+        keys = [f"key:{i}" for i in range(args.keys)]
+    out = sys.stdout
+    shares = ring.shares()
+    load = ring.load(keys)
+    width = max(len(n) for n in ring.nodes)
+    out.write(f"{ring!r}\n{len(keys):,} keys\n\n")
+    out.write(f"{'node':<{width}}  {'weight':>7}  {'ring share':>10}  {'keys':>10}  "
+              f"{'key share':>9}  {'vs fair':>7}\n")
+    for name in ring.nodes:
+        count = load.counts[name]
+        fair = load.expected[name]
+        out.write(f"{name:<{width}}  {ring.weights[name]:>7g}  {shares[name]:>10.2%}  "
+                  f"{count:>10,}  {count / load.total:>9.2%}  "
+                  f"{(count / fair if fair else 0.0):>6.3f}x\n")
+    out.write(f"\nmax/mean load: {load.max_over_mean:.3f}  (worst node vs its weighted share: "
+              f"{load.max_over_expected:.3f})\n")
+    if args.add or args.remove:
+        changed = dict(ring.weights)
+        for name in args.remove or []:
+            if name not in changed:
+                raise UsageError(f"--remove: {name!r} is not one of the nodes")
+            del changed[name]
+        for item in args.add or []:
+            for name, weight in _parse_nodes(item).items():
+                if name in changed:
+                    raise UsageError(f"--add: {name!r} is already one of the nodes")
+                changed[name] = weight
+        if not changed:
+            raise UsageError("--remove: that would leave no node")
+        after = _make_ring(args, changed)
+        moved = ring.movement(after, keys)
+        out.write(f"\nafter the change: {moved.count:,} of {moved.total:,} keys move "
+                  f"({moved.fraction:.2%})\n")
+        for (src, dst), count in sorted(moved.flows.items(), key=lambda kv: -kv[1]):
+            out.write(f"  {src} -> {dst}: {count:,}\n")
+    if args.plot:
+        _plot(args.plot, ring, shares, load, np)
+        out.write(f"\nplot written to {args.plot}\n")
+    return 0
+
+
+def _plot(path: str, ring: ringkit.HashRing, shares: dict[str, float], load: Any,
+          np: Any) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'ringkit[plot]'") from None
+    names = list(ring.nodes)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.5), 4))
+    ax.bar(x - 0.2, [shares[n] for n in names], 0.4, label="ring share")
+    ax.bar(x + 0.2, [load.counts[n] / load.total for n in names], 0.4, label="key share")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("share")
+    ax.set_title(f"{len(names)} nodes, {load.total:,} keys: worst node at "
+                 f"{load.max_over_expected:.3f}x its weighted share")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _route(args: argparse.Namespace) -> int:
+    import csv
+    import os
+
+    ring = _make_ring(args, _parse_nodes(args.nodes))
+    source = args.file
+    stream = sys.stdin if source == "-" else open(source, encoding="utf-8", newline="")  # noqa: SIM115
+    total_bytes = None
+    if source != "-":
+        total_bytes = os.fstat(stream.fileno()).st_size
+    show_progress = sys.stderr.isatty() and (total_bytes is None or total_bytes > 1 << 20)
+    out = sys.stdout
+    nodes = ring.nodes
+    routed = 0
+    try:
+        if args.column is not None:
+            reader = csv.reader(stream)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"no keys in {'standard input' if source == '-' else source}")
+            if args.column not in header:
+                raise UsageError(f"--column: {args.column!r} is not a column of the input "
+                                 f"(columns: {', '.join(header)})")
+            col = header.index(args.column)
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow([*header, "node"])
+            for rows in _chunks(reader, 65536):
+                owners = ring.get_many([row[col] if col < len(row) else "" for row in rows])
+                writer.writerows([*row, nodes[i]] for row, i in zip(rows, owners.tolist()))
+                routed += len(rows)
+                if show_progress:
+                    _progress(routed, stream, total_bytes)
+        else:
+            for lines in _chunks(stream, 65536):
+                keys = [line.rstrip("\r\n") for line in lines]
+                owners = ring.get_many(keys)
+                out.write("".join(f"{k}\t{nodes[i]}\n" for k, i in zip(keys, owners.tolist())))
+                routed += len(keys)
+                if show_progress:
+                    _progress(routed, stream, total_bytes)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+        if show_progress:
+            sys.stderr.write("\n")
+    if routed == 0:
+        raise ValueError(f"no keys in {'standard input' if source == '-' else source}")
+    return 0
+
+
+def _chunks(iterable: Any, size: int) -> Any:
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(done: int, stream: Any, total: int | None) -> None:
+    if total:
+        try:
+            fraction = min(1.0, stream.buffer.tell() / total) if hasattr(stream, "buffer") \
+                else 0.0
+        except (OSError, ValueError):
+            fraction = 0.0
+        filled = int(fraction * 30)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} "
+                         f"{done:,} keys")
+    else:
+        sys.stderr.write(f"\r{done:,} keys")
+    sys.stderr.flush()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit code 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_ring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", required=True, metavar="A,B,C[:WEIGHT]",
+                        help="the nodes, comma separated, each with an optional :weight")
+    parser.add_argument("--vnodes", type=int, default=160,
+                        help="points per unit of weight (default 160)")
+    parser.add_argument("--ketama", action="store_true",
+                        help="libketama-compatible placement (memcached clients)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ringkit",
         description="Place work and data across many machines: hashing, rings, balancing, "
         "locks and replication.",
@@ -146,6 +367,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a tour of ringkit on its embedded defaults",
                                description="A tour of ringkit on its embedded defaults.")
     demo.set_defaults(run=_demo)
+
+    inspect = commands.add_parser(
+        "inspect", help="how a ring spreads the hash space and a set of keys",
+        description="Per-node share of the ring and of a key set, max/mean load, and which "
+                    "fraction of the keys a change (--add, --remove) moves.")
+    _add_ring_options(inspect)
+    keys = inspect.add_mutually_exclusive_group()
+    keys.add_argument("--keys", type=int, default=100_000, metavar="N",
+                      help="use N synthetic keys 'key:0' ... (default 100000)")
+    keys.add_argument("--keys-file", metavar="FILE", help="read keys from FILE, one per line "
+                                                          "('-' for standard input)")
+    inspect.add_argument("--add", action="append", metavar="X[:WEIGHT]",
+                         help="show what adding node X moves (repeatable)")
+    inspect.add_argument("--remove", action="append", metavar="Y",
+                         help="show what removing node Y moves (repeatable)")
+    inspect.add_argument("--plot", metavar="OUT.png", help="also draw the shares to a PNG")
+    inspect.set_defaults(run=_inspect)
+
+    route = commands.add_parser(
+        "route", help="write each key of a file with its node",
+        description="Read keys (one per line, or one CSV column) and write each with the node "
+                    "the ring routes it to, streaming. Plain lines give 'key<TAB>node'; CSV "
+                    "input gives the same CSV with a 'node' column added.")
+    _add_ring_options(route)
+    route.add_argument("--column", metavar="NAME",
+                       help="the input is CSV with a header; route the column NAME")
+    route.add_argument("file", nargs="?", default="-", metavar="FILE",
+                       help="input file, or '-' for standard input (the default)")
+    route.set_defaults(run=_route)
     return parser
 
 
@@ -154,10 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
+    except UsageError as exc:
+        print(f"ringkit {args.command}: error: {exc} (see ringkit {args.command} --help)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
-    except (ringkit.RingkitError, OSError, ValueError, TypeError) as exc:
-        print(f"ringkit {args.command}: error: {exc}", file=sys.stderr)
+    except (ringkit.RingkitError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.filename is not None:
+            text = f"{exc.filename}: {exc.strerror or exc}"
+        print(f"ringkit {args.command}: error: {text}", file=sys.stderr)
         return 1

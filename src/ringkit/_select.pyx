@@ -102,10 +102,14 @@ cdef object _smooth_integer_weights(object weights, object eligible):
     """Integer weights for the smooth sequence: the weights themselves when integral, else the
     weights rounded to thousandths; divided by their gcd so the period is as short as it can be."""
     w = weights[eligible]
-    if np.all(w == np.floor(w)) and np.all(w <= 2**40):
+    top = float(w.max()) if w.shape[0] else 0.0
+    if np.all(w == np.floor(w)) and top <= 2**40:
         ints = w.astype(np.int64)
     else:
-        ints = np.maximum(1, np.rint(w * 1000.0)).astype(np.int64)
+        # Weights too large for thousandths are scaled so the largest is 2**40: the integer
+        # weights, their total and the current weights must stay far from int64 overflow.
+        scale = 1000.0 if top * 1000.0 <= 2**40 else 2.0**40 / top
+        ints = np.maximum(1, np.rint(w * scale)).astype(np.int64)
     g = int(np.gcd.reduce(ints)) if ints.shape[0] else 1
     if g > 1:
         ints //= g
@@ -255,7 +259,8 @@ cdef class Selector:
         if seed is None:
             self.rng = int.from_bytes(os.urandom(8), "little")
         else:
-            self.rng = _mix(<uint64_t>(seed & 0xFFFFFFFFFFFFFFFF))
+            # int(): a numpy integer seed would try to mask with an int64 and overflow.
+            self.rng = _mix(<uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF))
         self.clock = clock
         self.max_failures = max_failures
         self.pending = False
@@ -359,7 +364,7 @@ cdef class Selector:
                 if not excluded[node]:
                     return node
                 d = self._draw()
-            return _first_allowed(cfg, excluded, <uint32_t>d)
+            return _weighted_allowed(cfg, excluded, d)
         if cfg.strategy == LEAST_REQUEST:
             d = self._draw()
             return _p2c(cfg, self.inflight, d, excluded)
@@ -452,6 +457,9 @@ cdef class Selector:
         cdef uint64_t start
         cdef int32_t[::1] rv
         cdef uint64_t[::1] hv
+        cdef const int64_t[::1] counts
+        cdef const int64_t* inflight = NULL
+        cdef int64_t m
         self._tick()
         cfg = self._select_config
         if cfg.strategy == RING:
@@ -491,13 +499,19 @@ cdef class Selector:
                 # draw the batch from a private copy without the GIL.
                 start = self.rng
                 self.rng += <uint64_t>n * GOLDEN
+                # Releasing the GIL suspends the section, and a change in another thread frees
+                # the shared in-flight array: P2C reads a private copy of the counts.
+                if cfg.strategy == LEAST_REQUEST:
+                    counts = self.inflight_array.copy()
+                    inflight = &counts[0]
                 with nogil:
-                    _random_fill(cfg, self.inflight, start, n, &rv[0])
+                    _random_fill(cfg, inflight, start, n, &rv[0])
             elif cfg.strategy == RING:
+                counts = self.inflight_array.copy()
+                m = self.total_inflight
                 with nogil:
                     for i in range(n):
-                        rv[i] = <int32_t>_ring_pick(cfg, self.inflight, self.total_inflight,
-                                                    hv[i], NULL)
+                        rv[i] = <int32_t>_ring_pick(cfg, &counts[0], m, hv[i], NULL)
             else:
                 for i in range(n):
                     rv[i] = <int32_t>self._pick_locked(cfg, 0, False, NULL)
@@ -613,15 +627,27 @@ cdef inline Py_ssize_t _alias_pick(SelectConfig cfg, uint64_t d) noexcept nogil:
         return cfg.eligible[column]
     return cfg.alias[column]
 
-cdef Py_ssize_t _first_allowed(SelectConfig cfg, const uint8_t* excluded,
-                               uint32_t bits) noexcept nogil:
-    """A uniformly placed start, then the first allowed eligible node from there."""
-    cdef Py_ssize_t k = cfg.n_eligible, start = _below(bits, k), j, node
-    for j in range(k):
-        node = cfg.eligible[(start + j) % k]
+cdef Py_ssize_t _weighted_allowed(SelectConfig cfg, const uint8_t* excluded,
+                                  uint64_t d) noexcept nogil:
+    """A weighted draw among the allowed eligible nodes, in O(k): for when the alias table keeps
+    landing on excluded ones, so that a retry still goes to the rest in proportion to weight."""
+    cdef Py_ssize_t j, node, last = -1
+    cdef double total = 0.0, target
+    for j in range(cfg.n_eligible):
+        node = cfg.eligible[j]
         if not excluded[node]:
-            return node
-    return -1
+            total += cfg.weights[node]
+            last = node
+    if last < 0:
+        return -1
+    target = <double>(d >> 11) * (1.0 / 9007199254740992.0) * total
+    for j in range(cfg.n_eligible):
+        node = cfg.eligible[j]
+        if not excluded[node]:
+            target -= cfg.weights[node]
+            if target < 0.0:
+                return node
+    return last
 
 cdef inline Py_ssize_t _p2c(SelectConfig cfg, const int64_t* inflight, uint64_t d,
                             const uint8_t* excluded) noexcept nogil:
@@ -676,7 +702,9 @@ cdef Py_ssize_t _ring_pick(SelectConfig cfg, const int64_t* inflight, int64_t to
     """Hash affinity with bounded load: walk clockwise from the key's point to the first eligible
     node whose in-flight count is below ceil(load_factor * (m + 1) * its share)."""
     cdef Py_ssize_t npoints = cfg.ring.npoints, p, steps, node, fallback = -1
-    cdef double room = cfg.load_factor * (total_inflight + 1)
+    # The product is often an integer on paper (1.1 x 52 x 5/26 = 11) and a few ulps above it in
+    # floating point, where ceil would let a node take one more: take the room a hair lower.
+    cdef double room = cfg.load_factor * (total_inflight + 1) * (1.0 - 1e-12)
     if npoints == 0:
         return -1
     p = ring_find(cfg.ring, h)
@@ -685,7 +713,8 @@ cdef Py_ssize_t _ring_pick(SelectConfig cfg, const int64_t* inflight, int64_t to
         if cfg.shares[node] > 0 and (excluded == NULL or not excluded[node]):
             if fallback < 0:
                 fallback = node
-            if inflight[node] < <int64_t>ceil(room * cfg.shares[node]):
+            # Compared as doubles: a huge load_factor gives a cap beyond int64 (a cast is UB).
+            if inflight[node] < ceil(room * cfg.shares[node]):
                 return node
         p += 1
         if p == npoints:

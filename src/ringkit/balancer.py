@@ -234,6 +234,10 @@ class Balancer(Selector):
             health = self._health[name]
             if health.down:
                 eligible[i] = False
+                # An ejection still ends on time under a mark_down: else it would count
+                # towards max_ejection_percent until the node is marked up.
+                if health.ejected_until is not None:
+                    deadline = _earliest(deadline, health.ejected_until)
             elif health.ejected_until is not None:
                 eligible[i] = False
                 deadline = _earliest(deadline, health.ejected_until)
@@ -304,6 +308,9 @@ class Balancer(Selector):
                 if health.ejected_until is not None and health.ejected_until <= now:
                     health.ejected_until = None
                     health.readmitted_at = now
+                    # Failures of requests still in flight at the ejection must not count
+                    # against the node's fresh start (mark_up resets them too).
+                    self._reset_failures(name)
                     events.append(BalancerEvent("readmitted", name, now, None, health.ejections))
                     log.info("ringkit balancer: re-admitted %s", name)
             self._reconfigure(now)

@@ -128,5 +128,101 @@ def test_version(command: list[str], tmp_path: Path) -> None:
 def test_usage_errors_exit_2(command: list[str], args: list[str], tmp_path: Path) -> None:
     result = _run(command, *args, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "usage" in result.stderr.lower()
+    assert "error" in result.stderr.lower() and "--help" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- the tour, inspect and route ------------------------------------------------------------------
+
+PY = [sys.executable, "-m", "ringkit"]
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_tours_every_layer(tmp_path: Path) -> None:
+    result = _run(PY, "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for section in ("hashing", "consistent-hash ring", "load balancing", "locks", "replication"):
+        assert f"== {section}" in result.stdout
+    assert "ejected" in result.stdout and "readmitted" in result.stdout
+    assert "fencing token" in result.stdout
+    assert "refilled" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("sub", ["inspect", "route"])
+def test_subcommand_help(sub: str, tmp_path: Path) -> None:
+    result = _run(PY, sub, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--nodes" in result.stdout
+
+
+def test_inspect_reports_shares_and_movement(tmp_path: Path) -> None:
+    result = _run(PY, "inspect", "--nodes", "a,b,c:2", "--keys", "20000", "--add", "d",
+                  "--remove", "a", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    ring = ringkit.HashRing({"a": 1, "b": 1, "c": 2})
+    keys = [f"key:{i}" for i in range(20000)]
+    load = ring.load(keys)
+    for name, count in load.counts.items():
+        assert f"{count:,}" in out, name
+    assert f"max/mean load: {load.max_over_mean:.3f}" in out
+    moved = ring.movement(ringkit.HashRing({"b": 1, "c": 2, "d": 1}), keys)
+    assert f"{moved.count:,} of 20,000 keys move" in out
+
+
+def test_inspect_keys_file_and_ketama(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("".join(f"k{i}\n" for i in range(500)))
+    result = _run(PY, "inspect", "--nodes", "10.0.0.1:11211,10.0.0.2:11211", "--ketama",
+                  "--keys-file", str(keys), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "HashRing.ketama" in result.stdout and "500 keys" in result.stdout
+
+
+def test_route_lines_match_the_ring(tmp_path: Path) -> None:
+    keys = [f"user:{i}" for i in range(1000)]
+    source = tmp_path / "keys.txt"
+    source.write_text("\n".join(keys) + "\n")
+    result = _run(PY, "route", "--nodes", "a,b,c", str(source), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ring = ringkit.HashRing(["a", "b", "c"])
+    assert result.stdout.splitlines() == [f"{k}\t{ring.get(k)}" for k in keys]
+
+
+def test_route_stdin_and_csv_column(tmp_path: Path) -> None:
+    ring = ringkit.HashRing(["a", "b"])
+    piped = subprocess.run([*PY, "route", "--nodes", "a,b"], input="x\ny\n", cwd=tmp_path,
+                           env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == f"x\t{ring.get('x')}\ny\t{ring.get('y')}\n"
+    table = tmp_path / "t.csv"
+    table.write_text("id,name\n1,ann\n2,bob\n")
+    result = _run(PY, "route", "--nodes", "a,b", "--column", "name", str(table), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "id,name,node", f"1,ann,{ring.get('ann')}", f"2,bob,{ring.get('bob')}"]
+
+
+def test_command_errors_are_one_line(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("id\n1\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _one_line_error(_run(PY, "route", "--nodes", "a", str(tmp_path / "missing.txt"),
+                         cwd=tmp_path), 1)
+    _one_line_error(_run(PY, "route", "--nodes", "a", str(empty), cwd=tmp_path), 1)
+    _one_line_error(_run(PY, "route", "--nodes", "a", "--column", "nope", str(table),
+                         cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a,b", "--vnodes", "0", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a:-1", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a", "--remove", "zz", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a", "--keys", "abc", cwd=tmp_path), 2)

@@ -46,3 +46,48 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, reason in _missing().items():
         if marker in item.keywords:
             pytest.fail(f"RINGKIT_STRICT=1 but {reason}", pytrace=False)
+
+
+# -- Redis servers (lock and replication tests) ---------------------------------------------------
+# tests/redis_procs.py is a helper module, not a test file. Under --import-mode=importlib the tests
+# folder is not on sys.path, so it is loaded here once, by path, and registered as ``redis_procs``:
+# test files can then ``import redis_procs`` (conftest.py is always imported before them).
+
+
+def _load_redis_procs():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    if "redis_procs" in sys.modules:
+        return sys.modules["redis_procs"]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redis_procs.py")
+    spec = importlib.util.spec_from_file_location("redis_procs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["redis_procs"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+redis_procs = _load_redis_procs()
+
+
+@pytest.fixture
+def redis_servers(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Factory: ``redis_servers(n)`` starts n empty redis-server processes on free loopback ports
+    and returns their :class:`redis_procs.RedisProc` handles; every one is killed (by pid) when
+    the test ends, whatever state it was left in (paused, killed, restarted)."""
+    started: list = []
+
+    def start(n: int = 1) -> list:
+        servers = redis_procs.start_servers(n, tmp_path_factory.mktemp("redis"))
+        started.extend(servers)
+        return servers
+
+    yield start
+    redis_procs.stop_all(started)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port that no server listens on (for unreachable-server tests)."""
+    return redis_procs.free_port()

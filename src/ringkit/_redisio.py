@@ -13,7 +13,21 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Batch", "pack", "script_sha"]
+__all__ = ["Batch", "no_retry", "pack", "script_sha"]
+
+
+def no_retry(*, asynchronous: bool = False) -> Any:
+    """A redis-py Retry that never retries: for the clients ringkit makes from URLs, so that a
+    dead server fails fast and counts against the quorum instead of stalling the call."""
+    from redis.backoff import NoBackoff
+
+    if asynchronous:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return AsyncRetry(NoBackoff(), 0)
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
 
 
 def script_sha(script: str) -> str:

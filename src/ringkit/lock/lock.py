@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import random
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,20 @@ log = logging.getLogger("ringkit.lock")
 _DEFAULT: MemoryBackend | None = None
 _DEFAULT_ASYNC: AsyncMemoryBackend | None = None
 _DEFAULT_GUARD = threading.Lock()
+# Locks whose state lock must be new in a forked child: another thread (a renewal) may have held
+# it at the fork, and the child would then hang in release() or owned().
+_LOCKS: weakref.WeakSet[_LockBase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _DEFAULT_GUARD
+    _DEFAULT_GUARD = threading.Lock()
+    for lock in list(_LOCKS):
+        lock._state = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_backend() -> MemoryBackend:
@@ -110,6 +126,7 @@ class _LockBase:
             raise TypeError("clock must be a callable returning seconds")
         self._clock = clock
         self._state = threading.RLock()
+        _LOCKS.add(self)
         self._holder: str | None = None
         self._token: int | None = None
         self._deadline = 0.0
@@ -259,9 +276,13 @@ class Lock(_LockBase):
                          on_event=on_event, retry_interval=retry_interval, clock=clock)
         if backend is None:
             backend = default_backend()
-        elif not isinstance(backend, LockBackend):
+        elif not isinstance(backend, LockBackend) or inspect.iscoroutinefunction(backend.acquire):
+            # The protocol check sees only method names, which the async backends share.
             raise TypeError(f"backend must be a lock backend (MemoryBackend, RedisBackend), got "
-                            f"{type(backend).__name__}")
+                            f"{type(backend).__name__}"
+                            + (" (an async backend: use AsyncLock with it)"
+                               if inspect.iscoroutinefunction(getattr(backend, "acquire", None))
+                               else ""))
         self.backend = backend
         self._stop_renewal: threading.Event | None = None
 
@@ -455,7 +476,9 @@ class AsyncLock(_LockBase):
                          on_event=on_event, retry_interval=retry_interval, clock=clock)
         if backend is None:
             backend = _default_async_backend()
-        elif not isinstance(backend, AsyncLockBackend):
+        elif not isinstance(backend, AsyncLockBackend) \
+                or not inspect.iscoroutinefunction(backend.acquire):
+            # Awaiting a sync backend's Grant would fail after the lease was already taken.
             raise TypeError(f"backend must be an async lock backend (AsyncMemoryBackend, "
                             f"AsyncRedisBackend), got {type(backend).__name__}")
         self.backend = backend

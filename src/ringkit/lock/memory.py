@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from ringkit.lock.base import Grant, check_name, check_ttl, drift
 
 __all__ = ["MemoryBackend", "AsyncMemoryBackend"]
+
+# A fork can happen while another thread is inside a backend, holding its condition's lock; the
+# child would inherit that lock held by a thread that does not exist there, and hang on first use.
+_BACKENDS: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_BACKENDS):
+        backend._changed = threading.Condition()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MemoryBackend:
@@ -27,6 +42,7 @@ class MemoryBackend:
         self._held: dict[str, tuple[str, float]] = {}   # name -> (holder, expires at)
         self._fences: dict[str, int] = {}
         self._changed = threading.Condition()
+        _BACKENDS.add(self)
 
     def _holder(self, name: str, now: float) -> str | None:
         entry = self._held.get(name)
@@ -94,7 +110,10 @@ class AsyncMemoryBackend:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._sync = MemoryBackend(clock=clock)
-        self._events: dict[str, asyncio.Event] = {}
+        # One event per waiting call, made inside its own event loop: an Event kept per name
+        # would stay bound to the first loop that waited on it, and a later loop (the shared
+        # default backend outlives asyncio.run) would get "bound to a different event loop".
+        self._events: dict[str, set[asyncio.Event]] = {}
 
     async def acquire(self, name: str, holder: str, ttl: float) -> Grant | None:
         return self._sync.acquire(name, holder, ttl)
@@ -102,8 +121,7 @@ class AsyncMemoryBackend:
     async def release(self, name: str, holder: str) -> bool:
         released = self._sync.release(name, holder)
         if released:
-            event = self._events.pop(name, None)
-            if event is not None:
+            for event in self._events.pop(name, ()):
                 event.set()
         return released
 
@@ -118,16 +136,23 @@ class AsyncMemoryBackend:
 
 
 class _AsyncMemoryWaiter:
-    def __init__(self, events: dict[str, asyncio.Event], name: str) -> None:
+    def __init__(self, events: dict[str, set[asyncio.Event]], name: str) -> None:
         self._events = events
         self._name = name
 
     async def wait(self, timeout: float) -> None:
-        event = self._events.setdefault(self._name, asyncio.Event())
+        event = asyncio.Event()
+        self._events.setdefault(self._name, set()).add(event)
         try:
             await asyncio.wait_for(event.wait(), max(0.0, timeout))
         except asyncio.TimeoutError:
             pass
+        finally:
+            waiting = self._events.get(self._name)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._events[self._name]
 
     async def close(self) -> None:
         pass

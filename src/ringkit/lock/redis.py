@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
-from ringkit._redisio import Batch, script_sha
+from ringkit._redisio import Batch, no_retry, script_sha
 from ringkit.errors import LockQuorumError
 from ringkit.lock.base import Grant, check_name, check_ttl, drift
 from ringkit.ring import HashRing
@@ -119,6 +119,7 @@ def _server_name(client: Any) -> str:
     if "path" in kwargs:
         return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
 
 
 class _Server:
@@ -301,11 +302,15 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
 def _release_steps(p: _Placement, name: str, holder: str) -> Steps:
     targets = p.targets(name)
     out = yield _release_round(p, name, holder, [s.name for s in targets])
-    if sum(1 for r in out.replies.values() if int(r) == 1) >= out.majority:
+    deleted = sum(1 for r in out.replies.values() if int(r) == 1)
+    if deleted >= out.majority:
         return True
     if len(out.replies) < out.majority:
         raise _quorum_error("release", name, out.failed, targets)
-    return False
+    # A majority answered. The lease was lost only if a majority says it was not there: a
+    # holder granted by a bare majority that then lost a server to a crash still held the lock
+    # (nobody else could reach a majority past its lease), and its release is no loss.
+    return deleted + len(out.failed) >= out.majority
 
 
 def _extend_steps(p: _Placement, clock: Callable[[], float], name: str, holder: str,
@@ -348,7 +353,10 @@ class RedisBackend:
     lock is one server's; with more it is held by a majority (see the module docs).
 
     Clients made from URLs get ``socket_timeout`` (default 0.5 s) on connect and on every call,
-    so nothing hangs on a dead or paused server; pass clients configured the same way.
+    so nothing hangs on a dead or paused server; pass clients configured the same way, and
+    without retries (``retry=Retry(NoBackoff(), 0)``): redis-py 6+ clients built with
+    ``redis.Redis(host, port)`` retry a refused connection several times with backoff, which
+    turns one dead server into seconds per lock call.
     ``prefix`` starts every key; ``cluster=True`` (for Redis Cluster) turns off restart
     detection, whose per-server key would live in another slot.
     """
@@ -370,7 +378,8 @@ class RedisBackend:
             import redis
 
             return redis.Redis.from_url(url, socket_timeout=timeout,
-                                        socket_connect_timeout=timeout)
+                                        socket_connect_timeout=timeout,
+                                        retry=no_retry())
 
         self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
                                      make_client)
@@ -526,7 +535,8 @@ class AsyncRedisBackend:
             import redis.asyncio
 
             return redis.asyncio.Redis.from_url(url, socket_timeout=timeout,
-                                                socket_connect_timeout=timeout)
+                                                socket_connect_timeout=timeout,
+                                        retry=no_retry(asynchronous=True))
 
         self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
                                      make_client)
@@ -599,6 +609,13 @@ class AsyncRedisBackend:
             if await server.client.set(self._placement.epoch_key, "0", nx=True):
                 marked.append(server.name)
         return marked
+
+    async def aclose(self) -> None:
+        """Close the connections of clients this backend made from URLs (in the event loop
+        that used them; clients passed in are left open)."""
+        for server in self._placement.servers:
+            if server.owned:
+                await server.client.aclose()
 
     def __repr__(self) -> str:
         return f"AsyncRedisBackend({self.servers!r}, replicas={self._placement.replicas})"

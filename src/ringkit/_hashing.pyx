@@ -361,7 +361,12 @@ cdef uint64_t hash_u64(int algorithm, uint64_t value, uint64_t seed) noexcept no
 # --------------------------------------------------------------------------------------------------
 # Argument parsing
 
+cdef object _ZERO = 0
+cdef object _XXH64 = "xxh64"
+
 cdef int parse_algorithm(object algorithm) except -1:
+    if algorithm is _XXH64:
+        return ALGO_XXH64   # the default (an interned literal), without a dict lookup
     if not isinstance(algorithm, str):
         raise TypeError(
             f"algorithm must be a str, one of {', '.join(map(repr, ALGORITHMS))}; "
@@ -373,6 +378,8 @@ cdef int parse_algorithm(object algorithm) except -1:
     return found
 
 cdef uint64_t parse_seed(int algorithm, object seed) except? 0xFFFFFFFFFFFFFFFF:
+    if seed is _ZERO:
+        return 0   # the default, without Python-level arithmetic
     if isinstance(seed, bool) or not PyIndex_Check(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     value = seed.__index__()

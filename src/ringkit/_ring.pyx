@@ -27,6 +27,8 @@ from ringkit._hashing cimport (
     parse_seed,
 )
 
+from bisect import bisect_left
+
 import numpy as np
 
 from ringkit.errors import EmptyRingError, UnknownNodeError
@@ -169,29 +171,32 @@ cdef void _ketama_points(const uint8_t* name, Py_ssize_t name_len, Py_ssize_t di
         out[4 * k + 2] = (<uint64_t>words[2]) << 32
         out[4 * k + 3] = (<uint64_t>words[3]) << 32
 
-cdef void _merge(const uint64_t* pa, const int32_t* oa, Py_ssize_t na,
-                 const uint64_t* pb, const int32_t* ob, Py_ssize_t nb,
-                 uint64_t* points, int32_t* owners) noexcept nogil:
-    """Merge two (point, owner)-sorted runs."""
+cdef void _merge_node(const uint64_t* pa, const int32_t* oa, Py_ssize_t na, int32_t node,
+                      const uint64_t* pb, Py_ssize_t nb,
+                      uint64_t* points, int32_t* owners) noexcept nogil:
+    """Merge the sorted points `pb` of a new node, whose owner id is `node`, into the ring's
+    (pa, oa); owners at or after `node` move up by one on the way (the new name sorts there)."""
     cdef Py_ssize_t i = 0, j = 0, k = 0
+    cdef int32_t o
     while i < na and j < nb:
-        if _before(pb[j], ob[j], pa[i], oa[i]):
+        o = oa[i] + (oa[i] >= node)
+        if _before(pb[j], node, pa[i], o):
             points[k] = pb[j]
-            owners[k] = ob[j]
+            owners[k] = node
             j += 1
         else:
             points[k] = pa[i]
-            owners[k] = oa[i]
+            owners[k] = o
             i += 1
         k += 1
     while i < na:
         points[k] = pa[i]
-        owners[k] = oa[i]
+        owners[k] = oa[i] + (oa[i] >= node)
         i += 1
         k += 1
     while j < nb:
         points[k] = pb[j]
-        owners[k] = ob[j]
+        owners[k] = node
         j += 1
         k += 1
 
@@ -237,10 +242,12 @@ cdef class RingState:
         return found
 
 
+_SENTINEL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
 cdef object _points_buffer(Py_ssize_t n):
     """A uint64 array for n points followed by PAD sentinels (see _find)."""
     padded = np.empty(n + PAD, dtype=np.uint64)
-    padded[n:] = np.iinfo(np.uint64).max
+    padded[n:] = _SENTINEL
     return padded
 
 cdef RingState _make_state(tuple nodes, tuple weights, tuple counts, int vnodes, str algorithm,
@@ -407,13 +414,10 @@ def with_node(RingState st, str name, weight, object count):
     nodes = list(st.nodes)
     # Sorted position of the new name; owners at or after it shift up by one.
     cdef Py_ssize_t j = 0, i, n = st.npoints
-    import bisect
-    j = bisect.bisect_left(nodes, name)
+    j = bisect_left(nodes, name)
     name_b = _name_bytes(name)
     new_points = np.empty(count, dtype=np.uint64)
-    new_owners = np.full(count, j, dtype=np.int32)
     cdef uint64_t[::1] npv = new_points
-    cdef int32_t[::1] nov = new_owners
     cdef uint8_t* buf = <uint8_t*>malloc(POINT_CHUNK * (len(name_b) + 4) + 8)
     if buf == NULL:
         raise MemoryError()
@@ -422,20 +426,14 @@ def with_node(RingState st, str name, weight, object count):
                      buf, &npv[0])
     finally:
         free(buf)
-    _sort_in_place(new_points, new_owners)
-    old_owners = np.empty(n + 1, dtype=np.int32)
-    cdef int32_t[::1] oov = old_owners
-    cdef int32_t jj = <int32_t>j
-    with nogil:
-        for i in range(n):
-            oov[i] = st.owners[i] + (st.owners[i] >= jj)
+    new_points.sort()   # one owner: sorting the points is enough
     padded = _points_buffer(n + count)
     points = padded[:n + count]
     owners = np.empty(n + count, dtype=np.int32)
     cdef uint64_t[::1] pv = points
     cdef int32_t[::1] ov = owners
     with nogil:
-        _merge(st.points, &oov[0], n, &npv[0], &nov[0], ncount, &pv[0], &ov[0])
+        _merge_node(st.points, st.owners, n, <int32_t>j, &npv[0], ncount, &pv[0], &ov[0])
     nodes.insert(j, name)
     weights = list(st.weight_values)
     weights.insert(j, weight)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ringkit._redisio import Batch, script_sha
+from ringkit._redisio import Batch, no_retry, script_sha
 from ringkit.replication.base import Record, Version
 
 __all__ = ["RedisNode"]
@@ -85,6 +85,35 @@ if cur[1] == ARGV[1] and cur[2] == ARGV[2] then redis.call('DEL', KEYS[1]) retur
 return 0
 """
 
+# KEYS: a hints hash. ARGV, 4 per hint: key, counter, writer, encoded record (see _encode). Keeps
+# per key the hint with the newer version, as MemoryNode does: two writers' hints for one key
+# may arrive in either order.
+ADD_HINTS = """
+for i = 1, #ARGV, 4 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  local newer = true
+  if held then
+    local c, w = string.match(held, '^(%d+)%z([^%z]*)%z')
+    local n = tonumber(ARGV[i + 1])
+    c = tonumber(c)
+    newer = c < n or (c == n and w < ARGV[i + 2])
+  end
+  if newer then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 3]) end
+end
+return 1
+"""
+
+# KEYS: a hints hash. ARGV, 2 per hint: key, encoded record. Drops a hint only while it is still
+# exactly that record: a newer hint that arrived during the handoff stays, to be handed back.
+DROP_HINTS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -102,6 +131,7 @@ def _decode(key: str, blob: bytes) -> Record:
                   int(deleted))
 
 
+
 class RedisNode:
     """A replica node on one Redis server (a redis-py client or a ``redis://`` URL; clients
     made from URLs get ``socket_timeout`` on connect and on every call)."""
@@ -115,7 +145,8 @@ class RedisNode:
                     or not math.isfinite(socket_timeout) or socket_timeout <= 0:
                 raise ValueError(f"socket_timeout must be seconds > 0, got {socket_timeout!r}")
             client = redis.Redis.from_url(client_or_url, socket_timeout=socket_timeout,
-                                          socket_connect_timeout=socket_timeout)
+                                          socket_connect_timeout=socket_timeout,
+                                          retry=no_retry())
         elif hasattr(client_or_url, "register_script"):
             client = client_or_url
         else:
@@ -129,6 +160,8 @@ class RedisNode:
         self.prefix = prefix
         self._marker_key = f"{prefix}__epoch__"
         self._remove = client.register_script(REMOVE)
+        self._add_hints = client.register_script(ADD_HINTS)
+        self._drop_hints = client.register_script(DROP_HINTS)
         self._sha_apply = script_sha(APPLY)
         self._sha_apply_if = script_sha(APPLY_IF)
         self._scripts = {self._sha_apply: APPLY, self._sha_apply_if: APPLY_IF}
@@ -197,7 +230,9 @@ class RedisNode:
     def scan(self, count: int) -> Iterator[list[str]]:
         start = len(self.prefix) + 1
         batch: list[str] = []
-        for raw in self.client.scan_iter(match=f"{self.prefix}{{*", count=count):
+        # The prefix is matched literally: its glob characters (app[1]:) are escaped.
+        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
+        for raw in self.client.scan_iter(match=f"{literal}{{*", count=count):
             name = _text(raw)
             if name.endswith("}"):
                 batch.append(name[start:-1])
@@ -216,8 +251,10 @@ class RedisNode:
 
     def add_hints(self, target: str, records: Sequence[Record]) -> None:
         if records:
-            self.client.hset(self._hints_key(target),
-                             mapping={r.key: _encode(r) for r in records})
+            args: list[Any] = []
+            for r in records:
+                args += [r.key, r.version.counter, r.version.writer, _encode(r)]
+            self._add_hints(keys=[self._hints_key(target)], args=args)
 
     def hints(self, target: str) -> list[Record]:
         raw = self.client.hgetall(self._hints_key(target))
@@ -225,7 +262,10 @@ class RedisNode:
 
     def drop_hints(self, target: str, records: Sequence[Record]) -> None:
         if records:
-            self.client.hdel(self._hints_key(target), *[r.key for r in records])
+            args: list[Any] = []
+            for r in records:
+                args += [r.key, _encode(r)]
+            self._drop_hints(keys=[self._hints_key(target)], args=args)
 
     def __repr__(self) -> str:
         return f"<RedisNode {self.name} prefix={self.prefix!r}>"
@@ -256,7 +296,8 @@ class _RedisPending:
             if c is None:
                 records.append(None)
                 continue
-            deleted = int(d or 0)
-            records.append(Record(key, None if deleted else _bytes(v or b""),
-                                  Version(int(c), _text(w)), deleted))
+            # A tombstone is the item without a value field (APPLY writes none); its deletion
+            # time may be 0 (a wall clock at the epoch), so it cannot tell a tombstone.
+            records.append(Record(key, None if v is None else _bytes(v),
+                                  Version(int(c), _text(w)), int(d or 0)))
         return found, records

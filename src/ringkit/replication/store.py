@@ -109,9 +109,9 @@ class ReplicatedStore:
     newest version, repairing stale replicas it saw.
 
     ``consistency="strong"`` (default) requires ``read_quorum + write_quorum > replicas``.
-    ``"eventual"`` allows less; with ``write_quorum=1`` a put returns once the key's primary
-    stored it and a background thread copies it to the replicas through a bounded queue
-    (:meth:`lag`). Eventual mode can lose acknowledged writes (a primary that dies before its
+    ``"eventual"`` allows less; there, with ``write_quorum=1``, a put returns once the key's
+    primary stored it and a background thread copies it to the replicas through a bounded queue
+    (:meth:`lag`). In strong mode every put writes all replicas before it returns. Eventual mode can lose acknowledged writes (a primary that dies before its
     queue drained) and can read stale values from other store instances; this instance always
     reads its own writes.
 
@@ -172,8 +172,9 @@ class ReplicatedStore:
                 f"consistency='eventual' to accept stale reads and lost writes")
         if writer_id is None:
             writer_id = secrets.token_hex(8)
-        elif not isinstance(writer_id, str) or not writer_id or \
-                any(c not in "0123456789abcdef" for c in writer_id):
+        elif not isinstance(writer_id, str):
+            raise TypeError(f"writer_id must be a str, got {type(writer_id).__name__}")
+        elif not writer_id or any(c not in "0123456789abcdef" for c in writer_id):
             raise ValueError("writer_id must be a non-empty str of lowercase hex digits")
         for argname, value in (("tombstone_grace", tombstone_grace),
                                ("down_backoff", down_backoff), ("timeout", timeout)):
@@ -204,7 +205,7 @@ class ReplicatedStore:
         self._seq = itertools.count()
         self._fast = 2 * self.write_quorum > self.replicas
         self._queue: queue.Queue[tuple[Record, list[str]] | None] | None = None
-        if self.write_quorum == 1 and self.replicas > 1:
+        if consistency == "eventual" and self.write_quorum == 1 and self.replicas > 1:
             self._queue = queue.Queue(maxsize=queue_size)
             self._replicator = threading.Thread(target=self._replicate_loop,
                                                 name="ringkit-replicator", daemon=True)
@@ -279,9 +280,7 @@ class ReplicatedStore:
             except Exception as exc:  # noqa: BLE001
                 self._mark_down(name, exc)
                 continue
-            with self._state:
-                self._down_until.pop(name, None)
-            self._observe(name, marker)
+            self._observe(name, marker)     # clears the down mark, with a node_up event
         return self.status()
 
     def _is_live(self, name: str) -> bool:
@@ -495,7 +494,9 @@ class ReplicatedStore:
         targets, standins = self._targets(key)
         if self._queue is not None and if_version is _ABSENT:
             return self._write_async(key, value, targets)
-        if if_version is _ABSENT and not standins and self._fast:
+        # Not before rebalance(): a new node counts but is still empty, so two write quorums
+        # over the old and new replicas need not meet (see _write_fast).
+        if if_version is _ABSENT and not standins and self._fast and self._pending is None:
             version = self._write_fast(key, value, targets)
             if version is not None:
                 return version
@@ -571,7 +572,7 @@ class ReplicatedStore:
         if len(set(keys)) != len(keys):
             raise ValueError("items: a key appears more than once")
         done: dict[str, Version] = {}
-        if self._fast and self._queue is None and not self.sloppy:
+        if self._fast and self._queue is None and not self.sloppy and self._pending is None:
             done = self._put_many_fast(keys, values)
             if len(done) == len(keys):
                 return [done[k] for k in keys]
@@ -758,7 +759,8 @@ class ReplicatedStore:
 
         Reads every key's versions from all its replicas, writes the newest to stale ones,
         delivers hints, purges tombstones older than ``tombstone_grace`` that every replica
-        holds, and lets nodes that came back empty count again once they were refilled.
+        holds, and lets nodes that came back empty count again once they were refilled (by a
+        pass that reached every node).
         """
         report = RepairReport()
         self.probe()
@@ -776,6 +778,7 @@ class ReplicatedStore:
                 report.nodes_unreachable.append(name)
         ordered = sorted(keys)
         clean = {name: True for name in reachable}
+        unread: set[str] = set()
         now_ms = int(self._wall() * 1000)
         for start in range(0, len(ordered), batch):
             chunk = ordered[start:start + batch]
@@ -787,6 +790,7 @@ class ReplicatedStore:
             out = self._round("read", {n: (ks,) for n, ks in per_node.items()})
             for n in out.failed:
                 clean[n] = False
+                unread.add(n)
             answers: dict[str, dict[str, Record | None]] = {}
             for n, records in out.replies.items():
                 for key, record in zip(per_node[n], records):
@@ -801,13 +805,17 @@ class ReplicatedStore:
                 if newest is None:
                     continue
                 prefs = self._ring.preference_list(key, self.replicas)
-                complete = all(n in found for n in prefs)
-                if newest.tombstone and complete and \
+                # Purge only once every replica holds the tombstone itself (or nothing): a
+                # replica still holding an older live value would otherwise outlive the
+                # tombstone and bring the deleted value back. Such a replica gets the tombstone
+                # below, and the next repair() purges it.
+                held = {n: None if r is None else r.version for n, r in found.items()}
+                settled = all(n in held and held[n] in (None, newest.version) for n in prefs)
+                if newest.tombstone and settled and \
                         now_ms - newest.deleted_ms >= self.tombstone_grace * 1000:
                     for n, r in found.items():
                         if r is not None:
-                            purge.setdefault(n, []).append(r if r.version == newest.version
-                                                           else newest)
+                            purge.setdefault(n, []).append(r)
                     continue
                 for n, r in found.items():
                     if n in prefs and (r is None or r.version < newest.version):
@@ -823,8 +831,12 @@ class ReplicatedStore:
                     report.tombstones_purged += len(records)
                 except Exception as exc:  # noqa: BLE001
                     self._mark_down(n, exc)
+        # A node that came back empty is refilled only by a pass that scanned and read every
+        # node: the one other copy of an acknowledged write may be on a node that this pass
+        # missed, and counting the empty node then would let a read miss that write.
+        complete = not report.nodes_unreachable and not unread
         for name, ok in clean.items():
-            if ok and not self._counts(name) and self._is_live(name):
+            if ok and complete and not self._counts(name) and self._is_live(name):
                 node = nodes[name]
                 marker = f"{MARKER_READY}:{secrets.token_hex(6)}"
                 try:
@@ -885,6 +897,11 @@ class ReplicatedStore:
                 for chunk in node.scan(batch):
                     keys.update(chunk)
             except Exception as exc:  # noqa: BLE001
+                if name not in self.nodes:
+                    # A removed node that is gone (the usual reason to remove one): its keys
+                    # are found on, and copied from, their other replicas.
+                    self._mark_down(name, exc)
+                    continue
                 raise QuorumError(f"rebalance: {name} cannot be scanned", failed={name: exc}) \
                     from exc
         moved = 0
@@ -948,10 +965,13 @@ class ReplicatedStore:
             return dict(self._nodes)
 
     def status(self) -> dict[str, str]:
-        """Each node's state: "up", "down" or "recovering"."""
+        """Each node's state: "up", "down" (its last call failed and it has not answered
+        since) or "recovering"."""
         report = {}
         for name in self._all_nodes():
-            if not self._is_live(name):
+            # Not _is_live(): that only says whether the down backoff is over, and a node whose
+            # backoff ran out is no more up than before.
+            if name in self._down_until:
                 report[name] = "down"
             elif not self._counts(name):
                 report[name] = "recovering"

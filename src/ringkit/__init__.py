@@ -8,9 +8,6 @@ import logging
 
 from ringkit._hashing import ALGORITHMS, hash64, hash64_many
 from ringkit.balancer import Balancer, BalancerEvent, NodeHealth
-from ringkit.lock import AsyncLock, Lock
-from ringkit.replication import ReplicatedStore
-from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 from ringkit.errors import (
     EmptyRingError,
     LockError,
@@ -22,6 +19,9 @@ from ringkit.errors import (
     RingkitError,
     UnknownNodeError,
 )
+from ringkit.lock import AsyncLock, Lock
+from ringkit.replication import ReplicatedStore
+from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 
 __version__ = "0.1.0"
 

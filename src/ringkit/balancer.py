@@ -183,7 +183,8 @@ class Balancer(Selector):
             raise ValueError(f"max_failures must be at least 1, got {max_failures}")
         pct = _check_positive(max_ejection_percent, "max_ejection_percent", allow_zero=True)
         if pct > 100:
-            raise ValueError(f"max_ejection_percent must be at most 100, got {max_ejection_percent}")
+            raise ValueError(f"max_ejection_percent must be at most 100, got "
+                             f"{max_ejection_percent}")
         if when_all_down not in ("panic", "raise"):
             raise ValueError(f"when_all_down must be 'panic' or 'raise', got {when_all_down!r}")
         if on_event is not None and not callable(on_event):
@@ -248,7 +249,8 @@ class Balancer(Selector):
                 else:
                     step = int(elapsed / self._slow_start * SLOW_START_STEPS)
                     weights[i] *= (step + 1) / (SLOW_START_STEPS + 1)
-                    step_at = health.readmitted_at + (step + 1) * self._slow_start / SLOW_START_STEPS
+                    step_at = (health.readmitted_at
+                               + (step + 1) * self._slow_start / SLOW_START_STEPS)
                     deadline = _earliest(deadline, step_at)
         ring = self._ring_state() if self._strategy == "ring" else None
         config = _select.make_config(names, weights, eligible, self._strategy, ring,

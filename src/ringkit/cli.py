@@ -27,7 +27,8 @@ def _demo_hashing(write: Callable[[str], object]) -> None:
 
     write("== hashing ==\n")
     for algorithm in ringkit.ALGORITHMS:
-        write(f"hash64('user:42', {algorithm!r:>10}) = {ringkit.hash64('user:42', algorithm):#018x}\n")
+        value = ringkit.hash64("user:42", algorithm)
+        write(f"hash64('user:42', {algorithm!r:>10}) = {value:#018x}\n")
     keys = [f"user:{i}" for i in range(100_000)]
     hashes = ringkit.hash64_many(keys)
     write(f"hash64_many over {len(keys):,} keys -> {hashes.dtype}[{hashes.shape[0]:,}], "
@@ -48,7 +49,8 @@ def _demo_ring(write: Callable[[str], object]) -> None:
     keys = [f"user:{i}" for i in range(100_000)]
     stats = ring.load(keys)
     spread = ", ".join(f"{name}: {count:,}" for name, count in stats.counts.items())
-    write(f"100,000 keys by get_many: {spread} (worst node at {stats.max_over_expected:.3f}x its weighted share)\n")
+    write(f"100,000 keys by get_many: {spread} (worst node at "
+          f"{stats.max_over_expected:.3f}x its weighted share)\n")
     bigger = ringkit.HashRing({**ring.weights, "cache-d": 1.0})
     moved = ring.movement(bigger, keys)
     write(f"adding cache-d moves {moved.fraction:.1%} of the keys, all onto cache-d: "

@@ -50,7 +50,8 @@ def _check_weight(weight: object, argname: str = "weight") -> float:
     if not math.isfinite(value):
         raise ValueError(f"{argname} must be finite, got {weight!r}")
     if value <= 0:
-        raise ValueError(f"{argname} must be positive, got {weight!r} (remove the node to drain it)")
+        raise ValueError(f"{argname} must be positive, got {weight!r} "
+                         f"(remove the node to drain it)")
     return value
 
 
@@ -274,7 +275,7 @@ class HashRing(RingBase):
         """A frozen view: its ``nodes`` and lookups agree even while this ring changes."""
         return RingSnapshot._of(self._ring_state)
 
-    # -- configuration ------------------------------------------------------------------------------
+    # -- configuration ----------------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> HashRing:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Version", "Record", "Node", "NodeDown", "Pending", "Done", "MARKER_READY",
            "MARKER_RECOVERING"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
-
 from typing import Any
 
 from ringkit.replication.base import Done, NodeDown, Record, Version

@@ -111,7 +111,8 @@ class ReplicatedStore:
     ``consistency="strong"`` (default) requires ``read_quorum + write_quorum > replicas``.
     ``"eventual"`` allows less; there, with ``write_quorum=1``, a put returns once the key's
     primary stored it and a background thread copies it to the replicas through a bounded queue
-    (:meth:`lag`). In strong mode every put writes all replicas before it returns. Eventual mode can lose acknowledged writes (a primary that dies before its
+    (:meth:`lag`). In strong mode every put writes all replicas before it returns.
+    Eventual mode can lose acknowledged writes (a primary that dies before its
     queue drained) and can read stale values from other store instances; this instance always
     reads its own writes.
 
@@ -728,7 +729,7 @@ class ReplicatedStore:
             time.sleep(0.001)
         return True
 
-    # -- repair, hinted handoff, membership ---------------------------------------------------------
+    # -- repair, hinted handoff, membership -------------------------------------------------------
 
     def handoff(self) -> int:
         """Deliver hints held for nodes that are back; returns how many were delivered."""

@@ -285,28 +285,54 @@ cdef class Selector:
 
     def _install(self, SelectConfig config not None):
         """Swap in a new configuration, carrying counts over by node name and the smooth position
-        over proportionally, so the sequence goes on without a burst to a changed node."""
+        over proportionally, so the sequence goes on without a burst to a changed node.
+
+        Everything that allocates or may run Python code happens before the critical section:
+        where the GIL exists the section is a no-op, and a lease entering or exiting on another
+        thread in the middle of the copy would be lost.
+        """
         cdef SelectConfig old
-        cdef Py_ssize_t i, j, n
-        with cython.critical_section(self):
-            old = self._config
-            n = len(config.nodes)
-            inflight = np.zeros(n, dtype=np.int64)
-            failures = np.zeros(n, dtype=np.int32)
-            current = np.zeros(n, dtype=np.int64)
-            for i, name in enumerate(old.nodes):
-                j = config.positions.get(name, -1)
-                if j >= 0:
-                    inflight[j] = self.inflight[i]
-                    failures[j] = self.failures[i]
-                    current[j] = self.current[i]
-            self.total_inflight = int(inflight.sum())
-            self._set_arrays(config, inflight, failures, current)
-            if config.period and old.period:
-                self.cursor = (self.cursor * config.period) // old.period
-            elif config.period:
-                self.cursor = 0
-            self._config = config
+        cdef Py_ssize_t i, j, n = len(config.nodes), n_old
+        cdef int64_t total
+        cdef bint stale = True
+        inflight = np.zeros(max(n, 1), dtype=np.int64)
+        failures = np.zeros(max(n, 1), dtype=np.int32)
+        current = np.zeros(max(n, 1), dtype=np.int64)
+        cdef int64_t[::1] iv = inflight
+        cdef int32_t[::1] fv = failures
+        cdef int64_t[::1] cv = current
+        cdef const int32_t[::1] rv
+        inflight_view, failures_view, current_view = inflight[:n], failures[:n], current[:n]
+        while stale:
+            with cython.critical_section(self):
+                old = self._config
+            remap = np.array([config.positions.get(name, -1) for name in old.nodes] or [-1],
+                             dtype=np.int32)
+            rv = remap
+            n_old = len(old.nodes)
+            with cython.critical_section(self):
+                stale = old is not self._config
+                if not stale:
+                    total = 0
+                    for i in range(n_old):
+                        j = rv[i]
+                        if j >= 0:
+                            iv[j] = self.inflight[i]
+                            fv[j] = self.failures[i]
+                            cv[j] = self.current[i]
+                            total += self.inflight[i]
+                    self.total_inflight = total
+                    self.inflight = &iv[0]
+                    self.failures = &fv[0]
+                    self.current = &cv[0]
+                    self.inflight_array = inflight_view
+                    self.failures_array = failures_view
+                    self.current_array = current_view
+                    if config.period and old.period:
+                        self.cursor = (self.cursor * config.period) // old.period
+                    elif config.period:
+                        self.cursor = 0
+                    self._config = config
 
     @property
     def _select_config(self):

@@ -48,9 +48,23 @@ def _arg(value: Any) -> bytes:
     raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
 
+_c_pack: Any
+try:  # hiredis (in ringkit's `redis` extra) packs in C
+    from hiredis import pack_command as _c_pack
+except ImportError:  # pragma: no cover - exercised where hiredis is missing
+    _c_pack = None
+
+
 def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
     on a fast network; this one only handles what ringkit sends: bytes, str, int)."""
+    if _c_pack is not None:
+        return b"".join([_c_pack(command) for command in commands])
+    return pack_python(commands)
+
+
+def pack_python(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """:func:`pack` without hiredis."""
     parts: list[bytes] = []
     append = parts.append
     for command in commands:

@@ -10,7 +10,6 @@ every acknowledged one, also after a failover: that is what the default (strong)
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
@@ -203,7 +202,7 @@ class ReplicatedStore:
         self._down_until: dict[str, float] = {}
         self._own: dict[str, Record] = {}          # eventual mode: this instance's writes
         self._known: dict[str, Version | None] = {}  # last version seen per key (bounded)
-        self._seq = itertools.count()
+        self._seq = 0     # per-write sequence number, the tie-break's second half
         self._fast = 2 * self.write_quorum > self.replicas
         self._queue: queue.Queue[tuple[Record, list[str]] | None] | None = None
         if consistency == "eventual" and self.write_quorum == 1 and self.replicas > 1:
@@ -331,6 +330,17 @@ class ReplicatedStore:
                     targets.append(standin)
         return targets, standins
 
+    def _targets_many(self, keys: Sequence[str]) -> list[list[str]]:
+        """_targets for a batch: one vectorised ring lookup when no rebalance is pending and
+        no stand-in is needed."""
+        with self._state:
+            ring, pending = self._ring, self._pending
+        if pending is None and not self.sloppy and keys:
+            names = ring.nodes
+            rows = ring.preference_many(list(keys), self.replicas).tolist()
+            return [[names[i] for i in row] for row in rows]
+        return [self._targets(key)[0] for key in keys]
+
     # -- parallel calls ---------------------------------------------------------------------------
 
     def _round(self, op: str, args: Mapping[str, tuple[Any, ...]]) -> _Outcome:
@@ -383,7 +393,8 @@ class ReplicatedStore:
         with a sequence number, so that no two writes (not even two threads of one store)
         ever share a version."""
         with self._state:
-            seq = next(self._seq)
+            seq = self._seq
+            self._seq += 1
         return Version((current.counter if current else 0) + 1, f"{self.writer_id}{seq:012x}")
 
     def _learn(self, key: str, version: Version | None) -> None:
@@ -434,10 +445,7 @@ class ReplicatedStore:
 
     def _read_many(self, keys: Sequence[str]) -> list[Record | None]:
         per_node: dict[str, list[str]] = {}
-        targets_of = {}
-        for key in keys:
-            targets, _ = self._targets(key)
-            targets_of[key] = targets
+        for key, targets in zip(keys, self._targets_many(keys)):
             for n in targets:
                 per_node.setdefault(n, []).append(key)
         out = self._round("read", {n: (ks,) for n, ks in per_node.items()})
@@ -588,14 +596,18 @@ class ReplicatedStore:
         """put_many's one-round-trip path (see _write_fast); returns the keys it wrote."""
         records = {}
         per_node: dict[str, list[tuple[Record, Version | None]]] = {}
-        for key, value in zip(keys, values):
-            with self._state:
-                guess = self._known.get(key)
-            record = Record(key, value, self._next_version(guess))
+        with self._state:
+            guesses = [self._known.get(key) for key in keys]
+            first = self._seq                # a block of sequence numbers, one lock taken
+            self._seq += len(keys)
+        for offset, (key, value, guess, targets) in enumerate(
+                zip(keys, values, guesses, self._targets_many(keys))):
+            counter = (guess.counter if guess else 0) + 1
+            record = Record(key, value, Version(counter, f"{self.writer_id}{first + offset:012x}"))
             records[key] = record
-            targets, _ = self._targets(key)
+            pair = (record, guess)
             for n in targets:
-                per_node.setdefault(n, []).append((record, guess))
+                per_node.setdefault(n, []).append(pair)
         out = self._round("write_if", {n: (batch,) for n, batch in per_node.items()})
         applied: dict[str, int] = {}
         for n, oks in out.replies.items():
@@ -614,10 +626,7 @@ class ReplicatedStore:
         if not keys:
             return {}
         per_node: dict[str, list[str]] = {}
-        targets_of = {}
-        for key in keys:
-            targets, _ = self._targets(key)
-            targets_of[key] = targets
+        for key, targets in zip(keys, self._targets_many(keys)):
             for n in targets:
                 per_node.setdefault(n, []).append(key)
         out = self._round("read", {n: (ks,) for n, ks in per_node.items()})

@@ -4,6 +4,7 @@ hand elsewhere cannot hide a missing dependency, and runs the suite against the 
     python3 -m nox -s tests          # the interpreter nox runs on (what CI runs)
     python3 -m nox -s matrix         # CPython 3.10, 3.11, 3.12 and 3.13, where installed
     python3 -m nox -s bench          # the benchmark suite and its report (Python 3.13 for fastring)
+    RINGKIT_BENCH_README=1 python3 -m nox -s bench   # ... and README.md's benchmark section
 """
 
 import glob
@@ -46,10 +47,17 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session(python="3.13")
 def bench(session: nox.Session) -> None:
-    """The benchmark suite beside the peer libraries, then the markdown table and plots."""
+    """The benchmark suite beside the peer libraries, then the markdown tables and plots.
+
+    With RINGKIT_BENCH_README=1 in the environment, the report also rewrites README.md's benchmark
+    section from this run (and bench/plots/*.png, bench/results/readme.json): see bench/README.md.
+    """
     session.install("--upgrade", "pip")
     session.install(".[bench]")
     os.makedirs("bench/results", exist_ok=True)
     session.run("python", "-m", "pytest", "bench", "-p", "no:cacheprovider",
                 "--benchmark-json=bench/results/latest.json", *session.posargs)
-    session.run("python", "bench/report.py", "bench/results/latest.json", "--plot")
+    report = ["python", "bench/report.py", "bench/results/latest.json", "--plot"]
+    if os.environ.get("RINGKIT_BENCH_README", "") not in ("", "0"):
+        report += ["--readme", "README.md"]
+    session.run(*report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ import numpy as np
 import pytest
 
 # Versions recorded in the JSON beside the figures, so a table always says what it measured.
+# Every peer a bench file compares with is here, so the README names the version it beat (or not).
 PACKAGES = ("ringkit", "numpy", "pyarrow", "xxhash", "mmh3", "uhashring", "fastring", "hashring",
-            "jump-consistent-hash", "pytest-benchmark", "Cython")
+            "jump-consistent-hash", "roundrobin", "redis", "hiredis", "python-redis-lock",
+            "pottery", "matplotlib", "pytest-benchmark", "Cython")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
@@ -46,6 +49,17 @@ def _cpu_model() -> str:
     return "unknown"
 
 
+def _redis_server_version() -> str | None:
+    """The version of the redis-server binary the lock and replication benches start."""
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\bv=(\S+)", out)
+    return found.group(1) if found else None
+
+
 def pytest_benchmark_update_machine_info(
     config: pytest.Config, machine_info: dict[str, Any]
 ) -> None:
@@ -61,6 +75,7 @@ def pytest_benchmark_update_machine_info(
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "packages": versions,
+        "redis_server": _redis_server_version(),
     }
 
 

@@ -1,15 +1,34 @@
-"""Turn a pytest-benchmark JSON file into bench/README.md's markdown table (and, optionally, plots).
+"""Turn a pytest-benchmark JSON file into markdown tables, PNG plots and README's benchmark section.
 
     python bench/report.py bench/results/latest.json                 # prints and writes report.md
-    python bench/report.py bench/results/latest.json --plot          # also one PNG per group
+    python bench/report.py bench/results/latest.json --plot DIR      # also the two PNG plots in DIR
+    python bench/report.py bench/results/latest.json --readme README.md
 
-The report knows nothing about hashing: it reads what bench/conftest.py's `measure` fixture stores
-in each benchmark's extra_info (label, n_keys, n_bytes, reference, targets), group by group, so a
-new bench file (ring, balancer, locks) gets its table by using `measure` and a benchmark group.
-Benchmarks without that extra_info still get a row (median only).
+The full report (printed, and written to report.md beside the JSON) has one table per benchmark
+group, then the ring's keys/s against batch size and load spread against vnodes as tables, then
+whether each target was met. `--plot DIR` draws keys/s against batch size (log-log, one line per
+library) and load spread (max/mean) against vnodes (`--plot` alone: beside the report; `--bars`
+adds one bar chart per group). `--readme README.md` writes the compact section a user reads (the
+machine, Python and package versions, one table per capability, the two tables and plots of the
+ring, the targets summary) between README's `<!-- bench:start -->` and `<!-- bench:end -->`
+markers, draws the two plots into bench/plots/ beside it and keeps the JSON, without the raw
+round timings, as bench/results/readme.json, from which tests/test_bench_report.py re-renders the
+section and checks that README.md still holds exactly it. To re-render after changing this file:
+`python bench/report.py bench/results/readme.json --readme README.md`.
+
+The report knows nothing about hashing or rings: it reads what bench/conftest.py's `measure`
+fixture stores in each benchmark's extra_info (label, n_keys, n_bytes, per, reference, targets),
+group by group, so a new bench file gets its tables by using `measure` and a benchmark group.
+Rows that also record `series` and `batch_size` (bench_scaling.py) make the keys/s-against-batch
+table and plot; rows that record `load_spread` are not timings (they are left out of the tables of
+times) and make the load-spread table and plot. Benchmarks without extra_info get a row (median
+only).
 
 In each group, every row is compared with each reference row (the alternatives a user would pick):
 "vs X" is X's median over the row's median, so above 1 means the row is faster than X.
+
+Rendering uses the standard library only (the tests render README's section without the bench
+dependencies); matplotlib is imported only to draw the plots.
 """
 
 from __future__ import annotations
@@ -24,6 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+# Beside README.md: where --readme draws the plots (committed) and keeps the JSON it rendered.
+README_PLOTS = Path("bench/plots")
+README_JSON = Path("bench/results/readme.json")
+SCALING_PNG = "ring-scaling.png"
+SPREAD_PNG = "ring-load-spread.png"
+
+# The bench module of each capability, in the order README.md presents them; a module not named
+# here gets a section titled after it, after these.
+CAPABILITIES = (
+    ("Hashing", ("bench_hashing.py",)),
+    ("Ring", ("bench_ring.py", "bench_scaling.py")),
+    ("Load balancing", ("bench_balancer.py",)),
+    ("Locks", ("bench_lock.py",)),
+    ("Replication", ("bench_replication.py",)),
+)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -37,6 +74,11 @@ class Row:
     reference: bool = False
     targets: tuple[dict[str, Any], ...] = ()
     per: str = "key"  # what n_keys counts: keys, or builds, operations...
+    module: str = ""  # the bench file, e.g. "bench_ring.py"
+    order: int = 0  # position in the JSON (the order the suite ran)
+    series: str | None = None  # keys/s against batch size: the library ...
+    batch_size: int | None = None  # ... and the batch of one call
+    note: str | None = None  # a remark on the series (e.g. where it stops)
 
     @property
     def ns_per_key(self) -> float | None:
@@ -60,8 +102,40 @@ class Group:
     def references(self) -> list[Row]:
         return [row for row in self.rows if row.reference]
 
+    @property
+    def module(self) -> str:
+        return min(self.rows, key=lambda r: r.order).module if self.rows else ""
+
+    @property
+    def is_scaling(self) -> bool:
+        return bool(self.rows) and all(row.batch_size is not None for row in self.rows)
+
     def row(self, label: str) -> Row | None:
         return next((row for row in self.rows if row.label == label), None)
+
+    def headline(self) -> Row | None:
+        """The row a summary shows: the first (in the suite's order) non-reference row that has
+        targets, else the first non-reference row."""
+        ours = sorted((row for row in self.rows if not row.reference), key=lambda r: r.order)
+        return next((row for row in ours if row.targets), ours[0] if ours else None)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Load spread (max/mean keys per node) of one library against vnodes: not a timing."""
+    group: str
+    series: str
+    n_nodes: int
+    n_keys: int
+    vnodes: tuple[int, ...]
+    max_over_mean: tuple[float, ...]
+
+
+@dataclass
+class Results:
+    data: dict[str, Any]
+    groups: list[Group]
+    spreads: list[Spread]
 
 
 @dataclass(frozen=True)
@@ -77,15 +151,27 @@ class TargetCheck:
 # Reading
 
 
-def load(path: Path) -> tuple[dict[str, Any], list[Group]]:
-    data = json.loads(path.read_text())
+def _module(bench: dict[str, Any]) -> str:
+    path = (bench.get("fullname") or "").split("::")[0]
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def parse(data: dict[str, Any]) -> Results:
     groups: dict[str, Group] = {}
-    for bench in data.get("benchmarks", []):
+    spreads: list[Spread] = []
+    for order, bench in enumerate(data.get("benchmarks", [])):
         stats = bench.get("stats") or {}
-        if "median" not in stats:
-            continue
         info = bench.get("extra_info") or {}
         name = bench.get("group") or "(no group)"
+        spread = info.get("load_spread")
+        if spread:
+            spreads.append(Spread(
+                group=name, series=spread["series"], n_nodes=int(spread["n_nodes"]),
+                n_keys=int(spread["n_keys"]), vnodes=tuple(int(v) for v in spread["vnodes"]),
+                max_over_mean=tuple(float(x) for x in spread["max_over_mean"])))
+            continue
+        if "median" not in stats:
+            continue
         row = Row(
             group=name,
             label=info.get("label") or bench.get("name", "?"),
@@ -97,11 +183,22 @@ def load(path: Path) -> tuple[dict[str, Any], list[Group]]:
             reference=bool(info.get("reference", False)),
             targets=tuple(info.get("targets") or ()),
             per=info.get("per") or "key",
+            module=_module(bench),
+            order=order,
+            series=info.get("series"),
+            batch_size=info.get("batch_size"),
+            note=info.get("series_note"),
         )
         groups.setdefault(name, Group(name)).rows.append(row)
     for group in groups.values():
         group.rows.sort(key=lambda r: r.median)
-    return data, list(groups.values())
+    # Capability by capability (README's order), each in the order the suite ran.
+    ordered = sorted(groups.values(), key=lambda g: capability_rank(g.module))
+    return Results(data, ordered, spreads)
+
+
+def load(path: Path) -> Results:
+    return parse(json.loads(path.read_text(encoding="utf-8")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,16 +216,20 @@ def fmt_time(seconds: float) -> str:
     return f"{fmt_num(seconds * 1e9)} ns"
 
 
+def fmt_rate(rate: float) -> str:
+    """A rate with its SI prefix and no unit: "112 M", "3.4 k", "950"."""
+    for prefix, scale in (("M", 1e6), ("k", 1e3)):
+        if rate >= scale:
+            return f"{fmt_num(rate / scale)} {prefix}"
+    return fmt_num(rate)
+
+
 def fmt_throughput(row: Row) -> str:
     if row.gb_per_s is not None:
         return f"{fmt_num(row.gb_per_s)} GB/s"
     if row.keys_per_s is None:
         return "—"
-    rate = row.keys_per_s
-    for prefix, scale in (("M ", 1e6), ("k ", 1e3), ("", 1.0)):
-        if rate >= scale or not prefix:
-            return f"{fmt_num(rate / scale)} {prefix}{row.per}s/s"
-    raise AssertionError("unreachable")
+    return f"{fmt_rate(row.keys_per_s)} {row.per}s/s"
 
 
 def fmt_per_item(row: Row) -> str:
@@ -142,14 +243,32 @@ def fmt_ratio(ratio: float) -> str:
     return f"{ratio:.3g}x" if ratio < 100 else f"{ratio:.0f}x"
 
 
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def md_rule(n_text: int, n_num: int) -> str:
+    return "|" + "|".join(["---"] * n_text + ["---:"] * n_num) + "|"
+
+
+def fmt_target(value: float, short: str) -> str:
+    """A target's figure: with thousands separators from 10,000 up (40,000,000, not 4e+07)."""
+    return f"{value:,.0f}" if abs(value) >= 10_000 else short
+
+
 METRIC_UNITS = {"ns_per_key": "ns/key", "keys_per_s": "keys/s", "gb_per_s": "GB/s", "speedup": "x"}
 
 
 def check_target(group: Group, row: Row, target: dict[str, Any]) -> TargetCheck:
     metric, op, value, vs = target["metric"], target["op"], target["value"], target.get("vs")
-    unit = METRIC_UNITS.get(metric, metric)
+    unit = METRIC_UNITS.get(metric, metric).replace("key", row.per)
     sep = "" if unit == "x" else " "
-    wanted = f"{'≤' if op == '<=' else '≥'} {value:g}{sep}{unit}" + (f" vs {vs}" if vs else "")
+    wanted = (f"{'≤' if op == '<=' else '≥'} {fmt_target(value, f'{value:g}')}{sep}{unit}"
+              + (f" vs {vs}" if vs else ""))
     figure: float | None
     if metric == "speedup":
         other = group.row(vs) if vs else None
@@ -159,21 +278,91 @@ def check_target(group: Group, row: Row, target: dict[str, Any]) -> TargetCheck:
     if figure is None or math.isnan(figure):
         return TargetCheck(group.name, row.label, wanted, "—", None)
     met = figure <= value if op == "<=" else figure >= value
-    return TargetCheck(group.name, row.label, wanted, f"{fmt_num(figure)}{sep}{unit}", met)
+    measured = fmt_target(figure, fmt_num(figure))
+    return TargetCheck(group.name, row.label, wanted, f"{measured}{sep}{unit}", met)
+
+
+def target_checks(groups: Sequence[Group]) -> list[TargetCheck]:
+    checks: list[TargetCheck] = []
+    for group in groups:
+        for row in group.rows:
+            checks += [check_target(group, row, t) for t in row.targets]
+    return checks
 
 
 def table(group: Group) -> list[str]:
     refs = group.references
     head = ["operation", "median", "min", "per key", "throughput",
             *(f"vs {r.label}" for r in refs)]
-    rule = "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
+    lines = [md_row(head), md_rule(1, len(head) - 1)]
     for row in group.rows:
         cells = [row.label, fmt_time(row.median), fmt_time(row.minimum), fmt_per_item(row),
                  fmt_throughput(row)]
         cells += ["—" if ref is row else fmt_ratio(ref.median / row.median) for ref in refs]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return lines
+
+
+# The ring's two figures across sizes: keys/s against batch size, load spread against vnodes.
+
+
+def scaling_rows(groups: Sequence[Group]) -> list[Row]:
+    return [row for g in groups if g.is_scaling for row in g.rows]
+
+
+def scaling_series(rows: Sequence[Row]) -> dict[str, dict[int, Row]]:
+    """series -> batch size -> row, series in the suite's order."""
+    series: dict[str, dict[int, Row]] = {}
+    for row in sorted(rows, key=lambda r: r.order):
+        assert row.series is not None and row.batch_size is not None
+        series.setdefault(row.series, {})[row.batch_size] = row
+    return series
+
+
+def scaling_table(groups: Sequence[Group]) -> list[str]:
+    rows = scaling_rows(groups)
+    if not rows:
+        return []
+    series = scaling_series(rows)
+    sizes = sorted({row.batch_size for row in rows if row.batch_size is not None})
+    per = rows[0].per
+    lines = [md_row([f"{per}s/s at batch size", *(fmt_count(n) for n in sizes)]),
+             md_rule(1, len(sizes))]
+    for name, by_size in series.items():
+        cells = [fmt_rate(by_size[n].keys_per_s or math.nan) if n in by_size else "—"
+                 for n in sizes]
+        lines.append(md_row([name, *cells]))
+    notes = {}
+    for name, by_size in series.items():
+        note = next((r.note for r in by_size.values() if r.note), None)
+        if note:
+            notes.setdefault(note, []).append(name)
+    lines.append("")
+    lines.append(f"Each cell: {per}s answered per second by one call on a batch of that size "
+                 "(batch size over the median time of a call); — : not measured.")
+    for note, names in notes.items():
+        lines.append(f"{', '.join(names)}: {note}.")
+    return lines
+
+
+def spread_table(spreads: Sequence[Spread]) -> list[str]:
+    if not spreads:
+        return []
+    vnodes = sorted({v for s in spreads for v in s.vnodes})
+    lines = [md_row(["max/mean at vnodes", *(str(v) for v in vnodes)]), md_rule(1, len(vnodes))]
+    for s in spreads:
+        by_vnodes = dict(zip(s.vnodes, s.max_over_mean))
+        lines.append(md_row([s.series, *(f"{by_vnodes[v]:.3f}" if v in by_vnodes else "—"
+                                         for v in vnodes)]))
+    first = spreads[0]
+    lines += ["", f"The busiest node's keys over the mean, {fmt_count(first.n_keys)} keys on "
+                  f"{first.n_nodes} nodes (1.000 is perfect; sampling alone gives about "
+                  f"{1 + 2 * math.sqrt(first.n_nodes / first.n_keys):.2f})."]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# The full report
 
 
 def machine_lines(data: dict[str, Any]) -> list[str]:
@@ -191,6 +380,9 @@ def machine_lines(data: dict[str, Any]) -> list[str]:
              f"- Python: {impl} {python}"]
     if packages:
         lines.append(f"- packages: {packages}")
+    if ours.get("redis_server"):
+        lines.append(f"- redis-server: {ours['redis_server']} (on loopback, started by the "
+                     "lock and replication benches)")
     if commit.get("id"):
         dirty = " (dirty tree)" if commit.get("dirty") else ""
         lines.append(f"- commit: {commit['id'][:12]}{dirty}")
@@ -199,24 +391,135 @@ def machine_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(data: dict[str, Any], groups: Sequence[Group]) -> str:
-    out = ["# ringkit benchmarks", "", *machine_lines(data), "",
-           "Per call: the median (and the fastest) of each benchmark's rounds; per key, "
+READING = ("Per call: the median (and the fastest) of each benchmark's rounds; per key, "
            "throughput and \"vs X\" (X's median over the row's median: above 1, the row is "
-           "faster than X) come from the median. GB = 10^9 bytes.", ""]
-    checks: list[TargetCheck] = []
-    for group in groups:
+           "faster than X) come from the median. GB = 10^9 bytes.")
+
+
+def targets_table(checks: Sequence[TargetCheck]) -> list[str]:
+    lines = [md_row(["group", "operation", "target", "measured", "met"]), md_rule(3, 1) + "---|"]
+    for c in checks:
+        met = "n/a" if c.met is None else ("yes" if c.met else "**no**")
+        lines.append(md_row([c.group, c.label, c.wanted, c.measured, met]))
+    return lines
+
+
+def render(results: Results) -> str:
+    out = ["# ringkit benchmarks", "", *machine_lines(results.data), "", READING, ""]
+    for group in results.groups:
         out += [f"## {group.name}", "", *table(group), ""]
-        for row in group.rows:
-            checks += [check_target(group, row, t) for t in row.targets]
+    if scaling_rows(results.groups):
+        out += ["## ring lookup: keys/s against batch size", "", *scaling_table(results.groups),
+                ""]
+    if results.spreads:
+        out += [f"## {results.spreads[0].group}", "", *spread_table(results.spreads), ""]
+    checks = target_checks(results.groups)
     if checks:
-        out += ["## Targets", "", "| group | operation | target | measured | met |",
-                "|---|---|---|---:|---|"]
-        for c in checks:
-            met = "n/a" if c.met is None else ("yes" if c.met else "**no**")
-            out.append(f"| {c.group} | {c.label} | {c.wanted} | {c.measured} | {met} |")
+        out += ["## Targets", "", *targets_table(checks), ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# README.md's section: one table per capability, the ring's two figures, the targets summary
+
+
+def capability_of(module: str) -> str:
+    for title, modules in CAPABILITIES:
+        if module in modules:
+            return title
+    return module.removeprefix("bench_").removesuffix(".py").replace("_", " ") or "other"
+
+
+def capability_rank(module: str) -> int:
+    titles = [title for title, _ in CAPABILITIES]
+    title = capability_of(module)
+    return titles.index(title) if title in titles else len(titles)
+
+
+def summary_table(groups: Sequence[Group]) -> list[str]:
+    """One line per group: ringkit's headline row, its figures, and its ratio to each peer."""
+    lines = [md_row(["benchmark", "ringkit", "per call", "per item", "throughput", "vs peers"]),
+             md_rule(2, 3) + "---|"]
+    for group in groups:
+        row = group.headline()
+        if row is None:
+            continue
+        ratios = "; ".join(f"{fmt_ratio(ref.median / row.median)} {ref.label}"
+                           for ref in group.references)
+        lines.append(md_row([group.name, row.label, fmt_time(row.median), fmt_per_item(row),
+                             fmt_throughput(row), ratios or "—"]))
+    return lines
+
+
+def render_readme(results: Results) -> str:
+    """README.md's benchmark section (without the markers), ending with a newline."""
+    checks = target_checks(results.groups)
+    out = ["## Benchmarks", "",
+           "Written by `bench/report.py --readme` from the run saved in "
+           "`bench/results/readme.json` (tests check that this section is exactly what it "
+           "renders); `python3 -m nox -s bench` reruns the suite (see `bench/README.md`). "
+           "`python bench/report.py bench/results/readme.json` prints every row of every group.",
+           "", *machine_lines(results.data), "",
+           "One line per benchmark group: ringkit's main row (the one the issue set targets "
+           "for). Per call: the median of the benchmark's rounds (a Python loop of one call per "
+           "key is timed whole); per item (key, pick, operation) and throughput come from it. "
+           "\"vs peers\": each alternative's median over ringkit's in the same group, so above "
+           "1 ringkit is faster. GB = 10^9 bytes.", ""]
+    by_capability: dict[str, list[Group]] = {}
+    for group in results.groups:  # already in capability order
+        by_capability.setdefault(capability_of(group.module), []).append(group)
+    for title, groups in by_capability.items():
+        timing = [g for g in groups if not g.is_scaling]
+        out += [f"### {title}", ""]
+        if timing:
+            out += [*summary_table(timing), ""]
+        if any(g.is_scaling for g in groups):
+            out += ["Ring lookup, keys/s against batch size (one benchmark group per size; "
+                    "100 nodes x 160 vnodes):", "", *scaling_table(groups), "",
+                    f"![keys/s against batch size]({(README_PLOTS / SCALING_PNG).as_posix()})",
+                    ""]
+        if title == "Ring" and results.spreads:
+            out += ["Load spread against vnodes:", "", *spread_table(results.spreads), "",
+                    f"![load spread against vnodes]({(README_PLOTS / SPREAD_PNG).as_posix()})",
+                    ""]
+    if checks:
+        met = sum(c.met is True for c in checks)
+        out += ["### Targets", "",
+                f"{met} of {len(checks)} targets met (the issues' goals for each operation, "
+                "checked by report.py; nothing in the suite asserts on time)."]
+        missed = [c for c in checks if c.met is not True]
+        if missed:
+            out += ["", "Missed, or not measured in this run:", "", *targets_table(missed)]
         out.append("")
     return "\n".join(out)
+
+
+def slim_json(path: Path) -> str:
+    """The run as README.md keeps it: pytest-benchmark's JSON without each benchmark's raw round
+    timings (stats["data"]: tens of MB for the fast rows), which the report never reads."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for bench in data.get("benchmarks", []):
+        (bench.get("stats") or {}).pop("data", None)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def readme_section(text: str) -> str | None:
+    """The text between README's markers (None if they are missing)."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[start + len(README_START):end].removeprefix("\n")
+
+
+def write_readme(readme: Path, section: str) -> None:
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    block = f"{README_START}\n{section}{README_END}"
+    start, end = text.find(README_START), text.find(README_END)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(README_END):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    readme.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,13 +530,94 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "group"
 
 
-def plot_groups(groups: Iterable[Group], outdir: Path) -> list[Path]:
-    """One horizontal bar chart per group (per-key time where known, else median), log scale."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+# One color per library in both plots (the first word of a series: "ringkit get_many" -> ringkit).
+LIBRARY_COLORS = {"ringkit": "C0", "numpy": "C1", "fastring": "C2", "uhashring": "C3",
+                  "hashring": "C4"}
+
+
+def _color(series: str) -> str | None:
+    return LIBRARY_COLORS.get(re.split(r"[\s:]", series, maxsplit=1)[0])
+
+
+def _subtitle(data: dict[str, Any]) -> str:
+    ours = (data.get("machine_info") or {}).get("ringkit_bench") or {}
+    return f"CPython {ours.get('python', '?')}, {ours.get('cpu_model', '?')}"
+
+
+def plot_scaling(results: Results, path: Path) -> Path | None:
+    """keys/s against batch size, log-log, one line per library."""
+    rows = scaling_rows(results.groups)
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, by_size in scaling_series(rows).items():
+        sizes = sorted(by_size)
+        ours = name.startswith("ringkit")
+        ax.plot(sizes, [by_size[n].keys_per_s for n in sizes], marker="o", label=name,
+                color=_color(name),
+                linewidth=2.5 if ours else 1.5, zorder=3 if ours else 2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("keys per call (batch size)")
+    ax.set_ylabel(f"{rows[0].per}s per second (median)")
+    ax.set_title("Ring lookup: keys/s against batch size (100 nodes x 160 vnodes)\n"
+                 + _subtitle(results.data), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def plot_spread(results: Results, path: Path) -> Path | None:
+    """Load spread (max/mean) against vnodes, one line per library."""
+    if not results.spreads:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in results.spreads:
+        ours = s.series.startswith("ringkit")
+        ax.plot(s.vnodes, s.max_over_mean, marker="o", label=s.series, color=_color(s.series),
+                linewidth=2.5 if ours else 1.5, zorder=3 if ours else 2)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log", base=2)
+    vnodes = sorted({v for s in results.spreads for v in s.vnodes})
+    ax.set_xticks(vnodes, [str(v) for v in vnodes])
+    ax.set_xlabel("vnodes per node")
+    ax.set_ylabel("max / mean keys per node")
+    first = results.spreads[0]
+    ax.set_title(f"Load spread: {first.n_keys:,} keys on {first.n_nodes} nodes\n"
+                 + _subtitle(results.data), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def plot_main(results: Results, outdir: Path) -> list[Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = [plot_scaling(results, outdir / SCALING_PNG),
+               plot_spread(results, outdir / SPREAD_PNG)]
+    return [p for p in written if p is not None]
+
+
+def plot_groups(groups: Iterable[Group], outdir: Path) -> list[Path]:
+    """One horizontal bar chart per group (per-key time where known, else median), log scale."""
+    plt = _pyplot()
+    outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for group in groups:
         per_key = all(row.ns_per_key is not None for row in group.rows)
@@ -247,7 +631,7 @@ def plot_groups(groups: Iterable[Group], outdir: Path) -> list[Path]:
         ax.set_title(group.name, fontsize=10)
         fig.tight_layout()
         path = outdir / f"{slug(group.name)}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written
@@ -257,36 +641,63 @@ def plot_groups(groups: Iterable[Group], outdir: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
     parser.add_argument("-o", "--output", type=Path,
                         help="markdown file to write (default: report.md beside the JSON)")
-    parser.add_argument("--plot", action="store_true", help="also write one PNG per group")
+    parser.add_argument("--plot", nargs="?", type=Path, const=True, default=None, metavar="DIR",
+                        help="draw keys/s against batch size and load spread against vnodes "
+                             "into DIR (default: beside the report)")
+    parser.add_argument("--bars", action="store_true",
+                        help="with --plot, also one bar chart per group")
+    parser.add_argument("--readme", type=Path, metavar="README.md",
+                        help="write the benchmark section between README's markers, the two "
+                             "plots into bench/plots/ and the JSON to bench/results/readme.json "
+                             "beside it")
     args = parser.parse_args(argv)
 
     if not args.json.is_file():
         print(f"{args.json}: no such file (run the bench with --benchmark-json={args.json})",
               file=sys.stderr)
         return 1
-    data, groups = load(args.json)
-    if not groups:
+    results = load(args.json)
+    if not results.groups:
         print(f"{args.json}: no benchmark results (was the run --benchmark-disable?)",
               file=sys.stderr)
         return 1
-    text = render(data, groups)
+    if args.readme is not None and not args.readme.is_file():
+        print(f"{args.readme}: no such file", file=sys.stderr)
+        return 1
+    text = render(results)
     output = args.output or args.json.with_name("report.md")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    output.write_text(text, encoding="utf-8")
     print(text)
     print(f"(written to {output})", file=sys.stderr)
-    if args.plot:
-        try:
-            paths = plot_groups(groups, output.parent)
-        except ImportError:
-            print("--plot needs matplotlib (pip install 'ringkit[plot]')", file=sys.stderr)
-            return 1
-        for path in paths:
-            print(f"(plot: {path})", file=sys.stderr)
+
+    plot_dirs = []
+    if args.plot is not None:
+        plot_dirs.append(output.parent if args.plot is True else args.plot)
+    if args.readme is not None:
+        plot_dirs.append(args.readme.parent / README_PLOTS)
+    try:
+        for outdir in dict.fromkeys(plot_dirs):
+            paths = plot_main(results, outdir)
+            if args.bars:
+                paths += plot_groups(results.groups, outdir)
+            for path in paths:
+                print(f"(plot: {path})", file=sys.stderr)
+    except ImportError:
+        print("plots need matplotlib (pip install 'ringkit[plot]')", file=sys.stderr)
+        return 1
+
+    if args.readme is not None:
+        kept = args.readme.parent / README_JSON
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(slim_json(args.json), encoding="utf-8")
+        write_readme(args.readme, render_readme(load(kept)))
+        print(f"(README: benchmark section of {args.readme} rendered from {kept})",
+              file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,9 @@ timeout, so a dead or paused server costs at most that.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +31,12 @@ def no_retry(*, asynchronous: bool = False) -> Any:
     from redis.retry import Retry
 
     return Retry(NoBackoff(), 0)
+
+
+def _redis_errors() -> type[Exception]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError
 
 
 def script_sha(script: str) -> str:
@@ -83,6 +92,34 @@ def pack_python(commands: Sequence[tuple[Any, ...]]) -> bytes:
     return b"".join(parts)
 
 
+class _Held:
+    """One connection kept out of a client's pool for ringkit's rounds: taking a connection from
+    the pool and giving it back costs more than packing the commands. Used by one round at a
+    time (``lock``); a round that finds it busy takes a pooled connection as usual."""
+
+    __slots__ = ("conn", "lock", "pid")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.lock = threading.Lock()
+        self.pid = 0
+
+
+_HELD: weakref.WeakKeyDictionary[Any, _Held] = weakref.WeakKeyDictionary()
+_HELD_GUARD = threading.Lock()
+
+
+def _held_for(client: Any) -> _Held | None:
+    try:
+        held = _HELD.get(client)
+        if held is None:
+            with _HELD_GUARD:
+                held = _HELD.setdefault(client, _Held())
+        return held
+    except TypeError:  # a client that cannot be weakly referenced: always use the pool
+        return None
+
+
 class Batch:
     """One pipelined round trip to one server: ``send()``, then ``replies()``.
 
@@ -98,9 +135,35 @@ class Batch:
         self._commands = list(commands)
         self._scripts = scripts or {}
         self._conn: Any = None
+        self._held: _Held | None = None
 
     def send(self) -> Batch:
         pool = self._client.connection_pool
+        held = _held_for(self._client)
+        if held is not None and held.lock.acquire(blocking=False):
+            pid = os.getpid()
+            if held.conn is None or held.pid != pid:   # first use, or a forked child
+                held.conn = pool.make_connection()
+                held.pid = pid
+            conn = held.conn
+            try:
+                try:
+                    # Readable between rounds means closed by the server (or stray data): start
+                    # over on a fresh socket, as the pool does when it hands out a connection.
+                    if conn._sock is not None and conn.can_read(timeout=0):
+                        conn.disconnect()
+                    conn.send_packed_command([pack(self._commands)], check_health=False)
+                except (ConnectionError, OSError, _redis_errors()):
+                    # The kept connection may have gone stale (server restarted): once more
+                    # on a fresh socket before calling the server dead.
+                    conn.disconnect()
+                    conn.send_packed_command([pack(self._commands)], check_health=False)
+            except BaseException:
+                conn.disconnect()
+                held.lock.release()
+                raise
+            self._conn, self._held = conn, held
+            return self
         conn = pool.get_connection()
         try:
             conn.send_packed_command([pack(self._commands)], check_health=False)
@@ -108,16 +171,16 @@ class Batch:
             conn.disconnect()
             pool.release(conn)
             raise
-        self._conn = conn
+        self._conn, self._held = conn, None
         return self
 
     def replies(self) -> list[Any]:
         from redis.exceptions import NoScriptError, ResponseError
 
-        conn, pool = self._conn, self._client.connection_pool
+        conn, held = self._conn, self._held
         if conn is None:
             raise RuntimeError("Batch.replies() before send()")
-        self._conn = None
+        self._conn = self._held = None
         out: list[Any] = []
         try:
             for _ in self._commands:
@@ -129,7 +192,10 @@ class Batch:
             conn.disconnect()
             raise
         finally:
-            pool.release(conn)
+            if held is not None:
+                held.lock.release()
+            else:
+                self._client.connection_pool.release(conn)
         if self._scripts and any(isinstance(r, NoScriptError) for r in out):
             for source in self._scripts.values():
                 self._client.script_load(source)

@@ -20,6 +20,9 @@ class MemoryNode:
     epoch marker), as a server restarted without persistence would come back.
     """
 
+    # The store calls an in-process node's methods directly instead of through submit().
+    in_process = True
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"memory-{secrets.token_hex(3)}"
         self._lock = threading.Lock()

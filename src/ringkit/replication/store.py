@@ -346,31 +346,38 @@ class ReplicatedStore:
     def _round(self, op: str, args: Mapping[str, tuple[Any, ...]]) -> _Outcome:
         """Send ``op`` to every node named in `args` at once, then collect the answers. A node
         that is marked down, or fails, lands in ``failed``; no call waits longer than its
-        node's timeout (RedisNode: socket_timeout)."""
+        node's timeout (RedisNode: socket_timeout). In-process nodes are simply called."""
         out = _Outcome()
-        nodes = self._all_nodes()
-        pending = {}
+        nodes = self._everyone
+        down = self._down_until
+        answered: list[tuple[str, Any]] = []
+        pending = []
         for name, node_args in args.items():
             node = nodes.get(name)
             if node is None:
                 out.failed[name] = UnknownNodeError(name)
-            elif not self._is_live(name):
+            elif name in down and not self._is_live(name):
                 out.failed[name] = NodeDown(f"{name} is marked down (asked again after "
                                             f"{self._down_backoff} s)")
             else:
                 try:
-                    pending[name] = node.submit(op, *node_args)
+                    if getattr(node, "in_process", False):
+                        answered.append((name, getattr(node, op)(*node_args)))
+                    else:
+                        pending.append((name, node.submit(op, *node_args)))
                 except Exception as exc:  # noqa: BLE001 - counted against the quorum
                     out.failed[name] = exc
                     self._mark_down(name, exc)
-        for name, call in pending.items():
+        for name, call in pending:
             try:
-                marker, reply = call.result()
+                answered.append((name, call.result()))
             except Exception as exc:  # noqa: BLE001 - counted against the quorum
                 out.failed[name] = exc
                 self._mark_down(name, exc)
-                continue
-            self._observe(name, marker)
+        markers = self._markers
+        for name, (marker, reply) in answered:
+            if marker is None or markers.get(name) != marker or name in down:
+                self._observe(name, marker)
             out.replies[name] = reply
         return out
 

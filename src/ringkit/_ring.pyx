@@ -717,18 +717,22 @@ cdef class RingBase:
 
     @property
     def vnodes(self):
+        """Points per unit of weight (0 for a ketama ring, whose shares set the points)."""
         return self._current().vnodes
 
     @property
     def algorithm(self):
+        """The hash algorithm that places points and keys."""
         return self._current().algorithm
 
     @property
     def seed(self):
+        """The hash seed."""
         return self._current().seed
 
     @property
     def is_ketama(self):
+        """Whether this ring is libketama-compatible (HashRing.ketama)."""
         return self._current().ketama
 
     @property

@@ -5,8 +5,8 @@ re-rendering it must give, character for character, the text between README's
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers, so no figure in the README can come
 from anywhere else or drift from the report. The rest checks the report on a small hand-made run.
 
-report.py renders with the standard library only, so this runs without the bench extra. The wheel
-tests (cibuildwheel) copy tests/ and README.md but not bench/: there, it is skipped.
+report.py renders with the standard library only, so this runs without the bench extra (the wheel
+tests copy bench/ beside tests/ and README.md for it: see [tool.cibuildwheel] test-sources).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ RUN = ROOT / "bench" / "results" / "readme.json"
 CAPABILITY_MODULES = ("bench_hashing.py", "bench_ring.py", "bench_scaling.py",
                       "bench_balancer.py", "bench_lock.py", "bench_replication.py")
 
-pytestmark = pytest.mark.skipif(not REPORT.is_file(),
-                                reason="bench/ is not beside the tests (a wheel test run)")
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,9 @@ import importlib.metadata
 import json
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -162,12 +159,6 @@ def _versions() -> dict[str, str | None]:
 # redis-server processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _client(port: int) -> Any:
     import redis
 
@@ -175,54 +166,10 @@ def _client(port: int) -> Any:
                        socket_connect_timeout=SOCKET_TIMEOUT)
 
 
-def _start_server(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    import redis
-
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    return proc, port
-            except redis.RedisError:
-                time.sleep(0.02)
-        client.close()
-        proc.kill()  # port taken meanwhile, or too slow: try another port
-        proc.wait()
-    raise RuntimeError("could not start redis-server on a free loopback port")
-
-
 @pytest.fixture(scope="session")
-def redis_ports(request: pytest.FixtureRequest) -> list[int]:
-    """Three redis-server processes on free loopback ports, killed by pid at the end."""
-    pytest.importorskip("redis")
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    workdir = tempfile.mkdtemp(prefix="ringkit-bench-lock-")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def stop() -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, 9)
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    request.addfinalizer(stop)
-    ports = []
-    for _ in range(3):
-        proc, port = _start_server(workdir)
-        procs.append(proc)
-        ports.append(port)
-    return ports
+def redis_ports(start_redis_servers: Any) -> list[int]:
+    """Three redis-server processes on free loopback ports (see bench/conftest.py)."""
+    return [port for _, port in start_redis_servers(3)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,12 +56,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
-import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -198,12 +193,6 @@ def _redis_client_info() -> dict[str, Any]:
 # redis-server processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _client(port: int) -> Any:
     import redis
 
@@ -211,55 +200,13 @@ def _client(port: int) -> Any:
                        socket_connect_timeout=SOCKET_TIMEOUT)
 
 
-def _start_server(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    import redis
-
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    return proc, port
-            except redis.RedisError:
-                time.sleep(0.02)
-        client.close()
-        if proc.poll() is None:  # port taken meanwhile, or too slow: try another port
-            os.kill(proc.pid, 9)
-        proc.wait()
-    raise RuntimeError("could not start redis-server on a free loopback port")
-
-
 @pytest.fixture(scope="module")
-def redis_ports(request: pytest.FixtureRequest) -> list[int]:
+def redis_ports(start_redis_servers: Any) -> list[int]:
     """Four redis-servers: [0:3] the store's nodes, [3] the plain redis-py reference."""
-    pytest.importorskip("redis")
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    workdir = tempfile.mkdtemp(prefix="ringkit-bench-rep-")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def stop() -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, 9)
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    request.addfinalizer(stop)
-    ports = []
-    for _ in range(4):
-        proc, port = _start_server(workdir)
-        procs.append(proc)
-        ports.append(port)
-        SERVER_PIDS[port] = proc.pid
+    started = start_redis_servers(4)
+    for pid, port in started:
+        SERVER_PIDS[port] = pid
+    ports = [port for _, port in started]
     _require_hiredis(ports[3])
     return ports
 

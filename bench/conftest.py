@@ -14,7 +14,11 @@ import importlib.metadata
 import os
 import platform
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,3 +188,67 @@ def measure(benchmark: Any) -> Measure:
         return result
 
     return run
+
+
+# --------------------------------------------------------------------------------------------------
+# redis-server processes for the lock and replication benches
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(workdir: str) -> subprocess.Popen[bytes]:
+    import redis
+
+    for _ in range(5):
+        port = _free_port()
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc.port = port  # type: ignore[attr-defined]
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
+                             socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    client.close()
+                    return proc
+            except redis.RedisError:
+                time.sleep(0.02)
+        client.close()
+        if proc.poll() is None:  # port taken meanwhile, or too slow: try another port
+            os.kill(proc.pid, 9)
+        proc.wait()
+    raise RuntimeError("could not start redis-server on a free loopback port")
+
+
+@pytest.fixture(scope="session")
+def start_redis_servers(request: pytest.FixtureRequest) -> Callable[[int], list[tuple[int, int]]]:
+    """start(n): n redis-server processes on free loopback ports, as (pid, port) pairs; every
+    one is killed by pid when the session ends."""
+    pytest.importorskip("redis")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    workdir = tempfile.mkdtemp(prefix="ringkit-bench-redis-")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def stop() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, 9)
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    request.addfinalizer(stop)
+
+    def start(n: int) -> list[tuple[int, int]]:
+        started = [_start_server(workdir) for _ in range(n)]
+        procs.extend(started)
+        return [(proc.pid, proc.port) for proc in started]  # type: ignore[attr-defined]
+
+    return start

@@ -16,7 +16,20 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Batch", "no_retry", "pack", "script_sha"]
+__all__ = ["Batch", "client_from_url", "no_retry", "pack", "script_sha"]
+
+
+def client_from_url(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
+    """A redis-py client for `url` with `timeout` on connect and on every call, and no
+    client-side retries (see :func:`no_retry`)."""
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError:
+        raise ImportError("Redis support needs redis-py: pip install 'ringkit[redis]'") from None
+    kind = redis.asyncio.Redis if asynchronous else redis.Redis
+    return kind.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                         retry=no_retry(asynchronous=asynchronous))
 
 
 def no_retry(*, asynchronous: bool = False) -> Any:

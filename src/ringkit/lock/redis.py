@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
-from ringkit._redisio import Batch, no_retry, script_sha
+from ringkit._redisio import Batch, client_from_url, script_sha
 from ringkit.errors import LockQuorumError
 from ringkit.lock.base import Grant, check_name, check_ttl, drift
 from ringkit.ring import HashRing
@@ -375,11 +375,7 @@ class RedisBackend:
         timeout = check_ttl(socket_timeout, "socket_timeout")
 
         def make_client(url: str) -> Any:
-            import redis
-
-            return redis.Redis.from_url(url, socket_timeout=timeout,
-                                        socket_connect_timeout=timeout,
-                                        retry=no_retry())
+            return client_from_url(url, timeout)
 
         self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
                                      make_client)
@@ -532,11 +528,7 @@ class AsyncRedisBackend:
         timeout = check_ttl(socket_timeout, "socket_timeout")
 
         def make_client(url: str) -> Any:
-            import redis.asyncio
-
-            return redis.asyncio.Redis.from_url(url, socket_timeout=timeout,
-                                                socket_connect_timeout=timeout,
-                                        retry=no_retry(asynchronous=True))
+            return client_from_url(url, timeout, asynchronous=True)
 
         self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
                                      make_client)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ringkit._redisio import Batch, no_retry, script_sha
+from ringkit._redisio import Batch, client_from_url, script_sha
 from ringkit.replication.base import Record, Version
 
 __all__ = ["RedisNode"]
@@ -139,14 +139,10 @@ class RedisNode:
     def __init__(self, client_or_url: Any, *, name: str | None = None,
                  prefix: str = "ringkit:rep:", socket_timeout: float = 0.5) -> None:
         if isinstance(client_or_url, str):
-            import redis
-
             if isinstance(socket_timeout, bool) or not isinstance(socket_timeout, (int, float)) \
                     or not math.isfinite(socket_timeout) or socket_timeout <= 0:
                 raise ValueError(f"socket_timeout must be seconds > 0, got {socket_timeout!r}")
-            client = redis.Redis.from_url(client_or_url, socket_timeout=socket_timeout,
-                                          socket_connect_timeout=socket_timeout,
-                                          retry=no_retry())
+            client = client_from_url(client_or_url, socket_timeout)
         elif hasattr(client_or_url, "register_script"):
             client = client_or_url
         else:

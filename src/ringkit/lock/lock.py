@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,10 @@ def _check_timeout(timeout: object, argname: str) -> float | None:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{argname} must be >= 0 seconds or None, got {timeout!r}")
     return value
+
+
+# A lock operation's steps: they yield operations and receive their results.
+Steps = Generator[tuple[Any, ...], Any, Any]
 
 
 class _LockBase:
@@ -207,6 +211,138 @@ class _LockBase:
             wait = min(wait, max(0.0, deadline - self._clock()))
         return wait
 
+    # -- the protocol, without I/O -------------------------------------------------------------
+    # Lock and AsyncLock run the same steps: a step yields an operation, ("acquire", holder),
+    # ("wait", waiter, seconds), ..., which the class's driver performs (calling or awaiting the
+    # backend) and whose result (or exception) it sends back in.
+
+    def _acquire_steps(self, blocking: bool, timeout: object) -> Steps:
+        limit = self._check_acquire_args(blocking, timeout)
+        with self._state:
+            if self._held() and not self._lost:
+                raise LockError(f"lock {self.name!r} is already held by this "
+                                f"{type(self).__name__} object (locks are not reentrant)",
+                                lock_name=self.name)
+        holder = secrets.token_hex(16)
+        start = self._clock()
+        deadline = None if limit is None else start + limit
+        quorum_limit = deadline if deadline is not None else start + self.ttl
+        waiter = None
+        try:
+            while True:
+                try:
+                    grant = yield ("acquire", holder)
+                except QuorumError as exc:
+                    self._emit("quorum_failed", None, exc)
+                    if not blocking or self._clock() >= quorum_limit:
+                        raise
+                    grant = None
+                if grant is not None:
+                    self._granted(holder, grant)
+                    if self.auto_renew:
+                        yield ("start_renewal", holder)
+                    return True
+                if not blocking:
+                    return False
+                if deadline is not None and self._clock() >= deadline:
+                    return False
+                if waiter is None:
+                    # Subscribe, then try again at once: a release between the first attempt
+                    # and the subscription is not missed.
+                    waiter = yield ("waiter",)
+                    continue
+                yield ("wait", waiter, self._retry_wait(deadline))
+        finally:
+            if waiter is not None:
+                yield ("close", waiter)
+
+    def _release_steps(self) -> Steps:
+        holder = self._take_for_release()
+        yield ("stop_renewal",)
+        token = self._token
+        if not (yield ("release", holder)):
+            error = LockLostError(f"lock {self.name!r} had expired before release; another "
+                                  f"holder may have had it", lock_name=self.name)
+            self._emit("lost", token, error)
+            raise error
+        self._emit("released", token)
+
+    def _extend_steps(self, ttl: float | None) -> Steps:
+        new_ttl = self.ttl if ttl is None else check_ttl(ttl)
+        holder = self._check_held()
+        validity = yield ("extend", holder, new_ttl)
+        if validity is None:
+            error = LockLostError(f"lock {self.name!r} was lost: it could not be extended",
+                                  lock_name=self.name)
+            yield from self._lost_steps(holder, error)
+            raise error
+        with self._state:
+            if self._holder == holder:
+                self._deadline = self._clock() + validity
+
+    def _owned_steps(self) -> Steps:
+        with self._state:
+            if not self._held() or self._lost:
+                return False
+            holder = self._holder
+            expired = self._clock() >= self._deadline
+        assert holder is not None
+        if expired:
+            yield from self._lost_steps(holder, None)
+            return False
+        return bool((yield ("owned", holder)))
+
+    def _lost_steps(self, holder: str, error: BaseException | None) -> Steps:
+        if self._mark_lost(holder, error) and self.on_lost is not None:
+            yield ("on_lost",)
+
+    def _renew_steps(self, holder: str) -> Steps:
+        """Renew every ttl/3 until released, lost, stopped, or out of renewals."""
+        interval = self.ttl / 3
+        pid = os.getpid()
+        while not (yield ("pause", interval)):
+            with self._state:
+                if self._holder != holder or self._lost or os.getpid() != pid:
+                    return
+                deadline = self._deadline
+                exhausted = self.max_renewals is not None and self._renewals >= self.max_renewals
+            if exhausted:
+                # No more renewals: the lease is lost when its validity runs out.
+                if (yield ("pause", max(0.0, deadline - self._clock()))):
+                    return
+                yield from self._lost_steps(holder, LockLostError(
+                    f"lock {self.name!r} ran out after max_renewals={self.max_renewals}",
+                    lock_name=self.name))
+                return
+            try:
+                validity = yield ("extend", holder, self.ttl)
+            except LockError as exc:
+                self._emit("quorum_failed", self._token, exc)
+                if self._clock() >= deadline:
+                    yield from self._lost_steps(holder, exc)
+                    return
+                interval = max(0.001, min(self.ttl / 3, (deadline - self._clock()) / 2))
+                continue
+            if validity is None:
+                yield from self._lost_steps(holder, LockLostError(
+                    f"lock {self.name!r} could not be renewed: another holder has it or it "
+                    f"expired", lock_name=self.name))
+                return
+            with self._state:
+                if self._holder != holder:
+                    return
+                self._deadline = self._clock() + validity
+                self._renewals += 1
+            self._emit("renewed", self._token)
+            interval = self.ttl / 3
+
+    def _on_lost_callback(self) -> Any:
+        try:
+            return self.on_lost(self) if self.on_lost is not None else None
+        except Exception:
+            log.exception("ringkit lock on_lost callback raised")
+            return None
+
     @property
     def token(self) -> int:
         """The fencing token of the current lease: strictly increasing per lock name, across
@@ -286,6 +422,48 @@ class Lock(_LockBase):
         self.backend = backend
         self._stop_renewal: threading.Event | None = None
 
+    def _run(self, steps: Steps, stop: threading.Event | None = None) -> Any:
+        """Perform the operations of `steps` against the backend until it returns."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.throw(error) if error is not None else steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            try:
+                result = self._perform(op, stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to the steps, which decide
+                error = exc
+
+    def _perform(self, op: tuple[Any, ...], stop: threading.Event | None) -> Any:
+        kind = op[0]
+        if kind == "acquire":
+            return self.backend.acquire(self.name, op[1], self.ttl)
+        if kind == "release":
+            return self.backend.release(self.name, op[1])
+        if kind == "extend":
+            return self.backend.extend(self.name, op[1], op[2])
+        if kind == "owned":
+            return self.backend.owned(self.name, op[1])
+        if kind == "waiter":
+            return self.backend.waiter(self.name)
+        if kind == "wait":
+            return op[1].wait(op[2])
+        if kind == "close":
+            return op[1].close()
+        if kind == "pause":
+            assert stop is not None
+            return stop.wait(op[1])
+        if kind == "on_lost":
+            return self._on_lost_callback()
+        if kind == "start_renewal":
+            return self._start_renewal(op[1])
+        if kind == "stop_renewal":
+            return self._stop_renewing()
+        raise AssertionError(f"unknown lock operation {kind!r}")
+
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take the lease; True when taken. ``blocking=False`` tries once; ``timeout`` bounds
         the wait (None: forever). Waiting is woken by releases, with a jittered fallback retry.
@@ -294,97 +472,27 @@ class Lock(_LockBase):
         few servers answer: at once without blocking, else when ``timeout`` (or, with no
         timeout, one ttl) has passed without a quorum.
         """
-        limit = self._check_acquire_args(blocking, timeout)
-        with self._state:
-            if self._held() and not self._lost:
-                raise LockError(f"lock {self.name!r} is already held by this Lock object "
-                                f"(locks are not reentrant)", lock_name=self.name)
-        holder = secrets.token_hex(16)
-        start = self._clock()
-        deadline = None if limit is None else start + limit
-        quorum_limit = deadline if deadline is not None else start + self.ttl
-        waiter = None
-        try:
-            while True:
-                try:
-                    grant = self.backend.acquire(self.name, holder, self.ttl)
-                except QuorumError as exc:
-                    self._emit("quorum_failed", None, exc)
-                    if not blocking or self._clock() >= quorum_limit:
-                        raise
-                    grant = None
-                if grant is not None:
-                    self._granted(holder, grant)
-                    if self.auto_renew:
-                        self._start_renewal(holder)
-                    return True
-                if not blocking:
-                    return False
-                if deadline is not None and self._clock() >= deadline:
-                    return False
-                if waiter is None:
-                    # Subscribe, then try again at once: a release between the first attempt
-                    # and the subscription is not missed.
-                    waiter = self.backend.waiter(self.name)
-                    continue
-                waiter.wait(self._retry_wait(deadline))
-        finally:
-            if waiter is not None:
-                waiter.close()
+        return bool(self._run(self._acquire_steps(blocking, timeout)))
 
     def release(self) -> None:
         """Give the lease back. Raises LockNotOwnedError when this Lock does not hold it and
         LockLostError when it was lost (it ran out, or someone else holds the lock now)."""
-        holder = self._take_for_release()
-        self._stop_renewing()
-        token = self._token
-        if not self.backend.release(self.name, holder):
-            error = LockLostError(f"lock {self.name!r} had expired before release; another "
-                                  f"holder may have had it", lock_name=self.name)
-            self._emit("lost", token, error)
-            raise error
-        self._emit("released", token)
+        self._run(self._release_steps())
 
     def extend(self, ttl: float | None = None) -> None:
         """Set the lease's remaining time to `ttl` (default: the lock's ttl); not added."""
-        new_ttl = self.ttl if ttl is None else check_ttl(ttl)
-        holder = self._check_held()
-        validity = self.backend.extend(self.name, holder, new_ttl)
-        if validity is None:
-            error = LockLostError(f"lock {self.name!r} was lost: it could not be extended",
-                                  lock_name=self.name)
-            self._report_lost(holder, error)
-            raise error
-        with self._state:
-            if self._holder == holder:
-                self._deadline = self._clock() + validity
+        self._run(self._extend_steps(ttl))
 
     def owned(self) -> bool:
         """Whether this Lock still holds its lease: asks the servers."""
-        with self._state:
-            if not self._held() or self._lost:
-                return False
-            holder = self._holder
-            expired = self._clock() >= self._deadline
-        assert holder is not None
-        if expired:
-            self._report_lost(holder, None)
-            return False
-        return self.backend.owned(self.name, holder)
-
-    def _report_lost(self, holder: str, error: BaseException | None) -> None:
-        if self._mark_lost(holder, error) and self.on_lost is not None:
-            try:
-                self.on_lost(self)
-            except Exception:
-                log.exception("ringkit lock on_lost callback raised")
+        return bool(self._run(self._owned_steps()))
 
     # -- renewal ----------------------------------------------------------------------------------
 
     def _start_renewal(self, holder: str) -> None:
         stop = threading.Event()
         self._stop_renewal = stop
-        thread = threading.Thread(target=self._renew_loop, args=(holder, stop),
+        thread = threading.Thread(target=self._run, args=(self._renew_steps(holder), stop),
                                   name=f"ringkit-renew-{self.name}", daemon=True)
         thread.start()
 
@@ -392,45 +500,6 @@ class Lock(_LockBase):
         if self._stop_renewal is not None:
             self._stop_renewal.set()
             self._stop_renewal = None
-
-    def _renew_loop(self, holder: str, stop: threading.Event) -> None:
-        interval = self.ttl / 3
-        pid = os.getpid()
-        while not stop.wait(interval):
-            with self._state:
-                if self._holder != holder or self._lost or os.getpid() != pid:
-                    return
-                deadline = self._deadline
-                exhausted = self.max_renewals is not None and self._renewals >= self.max_renewals
-            if exhausted:
-                # No more renewals: the lease is lost when its validity runs out.
-                if stop.wait(max(0.0, deadline - self._clock())):
-                    return
-                self._report_lost(holder, LockLostError(
-                    f"lock {self.name!r} ran out after max_renewals={self.max_renewals}",
-                    lock_name=self.name))
-                return
-            try:
-                validity = self.backend.extend(self.name, holder, self.ttl)
-            except LockError as exc:
-                self._emit("quorum_failed", self._token, exc)
-                if self._clock() >= deadline:
-                    self._report_lost(holder, exc)
-                    return
-                interval = max(0.001, min(self.ttl / 3, (deadline - self._clock()) / 2))
-                continue
-            if validity is None:
-                self._report_lost(holder, LockLostError(
-                    f"lock {self.name!r} could not be renewed: another holder has it or it "
-                    f"expired", lock_name=self.name))
-                return
-            with self._state:
-                if self._holder != holder:
-                    return
-                self._deadline = self._clock() + validity
-                self._renewals += 1
-            self._emit("renewed", self._token)
-            interval = self.ttl / 3
 
     # -- context manager --------------------------------------------------------------------------
 
@@ -484,133 +553,75 @@ class AsyncLock(_LockBase):
         self.backend = backend
         self._renewal: asyncio.Task[None] | None = None
 
+    async def _run(self, steps: Steps) -> Any:
+        """Perform the operations of `steps`, awaiting the backend, until it returns."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.throw(error) if error is not None else steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            try:
+                result = await self._perform(op)
+            except BaseException as exc:  # noqa: BLE001 - handed to the steps (cancellation too)
+                error = exc
+
+    async def _perform(self, op: tuple[Any, ...]) -> Any:
+        kind = op[0]
+        if kind == "acquire":
+            return await self.backend.acquire(self.name, op[1], self.ttl)
+        if kind == "release":
+            return await self.backend.release(self.name, op[1])
+        if kind == "extend":
+            return await self.backend.extend(self.name, op[1], op[2])
+        if kind == "owned":
+            return await self.backend.owned(self.name, op[1])
+        if kind == "waiter":
+            return await self.backend.waiter(self.name)
+        if kind == "wait":
+            return await op[1].wait(op[2])
+        if kind == "close":
+            return await op[1].close()
+        if kind == "pause":
+            await asyncio.sleep(op[1])
+            return False   # a cancelled task stops by CancelledError instead
+        if kind == "on_lost":
+            result = self._on_lost_callback()
+            if isinstance(result, Awaitable):
+                try:
+                    await result
+                except Exception:
+                    log.exception("ringkit lock on_lost callback raised")
+            return None
+        if kind == "start_renewal":
+            self._renewal = asyncio.ensure_future(self._run(self._renew_steps(op[1])))
+            return None
+        if kind == "stop_renewal":
+            return self._cancel_renewal()
+        raise AssertionError(f"unknown lock operation {kind!r}")
+
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """See :meth:`Lock.acquire`."""
-        limit = self._check_acquire_args(blocking, timeout)
-        with self._state:
-            if self._held() and not self._lost:
-                raise LockError(f"lock {self.name!r} is already held by this AsyncLock object "
-                                f"(locks are not reentrant)", lock_name=self.name)
-        holder = secrets.token_hex(16)
-        start = self._clock()
-        deadline = None if limit is None else start + limit
-        quorum_limit = deadline if deadline is not None else start + self.ttl
-        waiter = None
-        try:
-            while True:
-                try:
-                    grant = await self.backend.acquire(self.name, holder, self.ttl)
-                except QuorumError as exc:
-                    self._emit("quorum_failed", None, exc)
-                    if not blocking or self._clock() >= quorum_limit:
-                        raise
-                    grant = None
-                if grant is not None:
-                    self._granted(holder, grant)
-                    if self.auto_renew:
-                        self._renewal = asyncio.ensure_future(self._renew_loop(holder))
-                    return True
-                if not blocking:
-                    return False
-                if deadline is not None and self._clock() >= deadline:
-                    return False
-                if waiter is None:
-                    waiter = await self.backend.waiter(self.name)
-                    continue
-                await waiter.wait(self._retry_wait(deadline))
-        finally:
-            if waiter is not None:
-                await waiter.close()
+        return bool(await self._run(self._acquire_steps(blocking, timeout)))
 
     async def release(self) -> None:
         """See :meth:`Lock.release`."""
-        holder = self._take_for_release()
-        self._cancel_renewal()
-        token = self._token
-        if not await self.backend.release(self.name, holder):
-            error = LockLostError(f"lock {self.name!r} had expired before release; another "
-                                  f"holder may have had it", lock_name=self.name)
-            self._emit("lost", token, error)
-            raise error
-        self._emit("released", token)
+        await self._run(self._release_steps())
 
     async def extend(self, ttl: float | None = None) -> None:
         """See :meth:`Lock.extend`."""
-        new_ttl = self.ttl if ttl is None else check_ttl(ttl)
-        holder = self._check_held()
-        validity = await self.backend.extend(self.name, holder, new_ttl)
-        if validity is None:
-            error = LockLostError(f"lock {self.name!r} was lost: it could not be extended",
-                                  lock_name=self.name)
-            await self._report_lost(holder, error)
-            raise error
-        with self._state:
-            if self._holder == holder:
-                self._deadline = self._clock() + validity
+        await self._run(self._extend_steps(ttl))
 
     async def owned(self) -> bool:
         """See :meth:`Lock.owned`."""
-        with self._state:
-            if not self._held() or self._lost:
-                return False
-            holder = self._holder
-            expired = self._clock() >= self._deadline
-        assert holder is not None
-        if expired:
-            await self._report_lost(holder, None)
-            return False
-        return await self.backend.owned(self.name, holder)
-
-    async def _report_lost(self, holder: str, error: BaseException | None) -> None:
-        if self._mark_lost(holder, error) and self.on_lost is not None:
-            try:
-                result = self.on_lost(self)
-                if isinstance(result, Awaitable):
-                    await result
-            except Exception:
-                log.exception("ringkit lock on_lost callback raised")
+        return bool(await self._run(self._owned_steps()))
 
     def _cancel_renewal(self) -> None:
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None
-
-    async def _renew_loop(self, holder: str) -> None:
-        interval = self.ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            with self._state:
-                if self._holder != holder or self._lost:
-                    return
-                deadline = self._deadline
-                exhausted = self.max_renewals is not None and self._renewals >= self.max_renewals
-            if exhausted:
-                await asyncio.sleep(max(0.0, deadline - self._clock()))
-                await self._report_lost(holder, LockLostError(
-                    f"lock {self.name!r} ran out after max_renewals={self.max_renewals}",
-                    lock_name=self.name))
-                return
-            try:
-                validity = await self.backend.extend(self.name, holder, self.ttl)
-            except LockError as exc:
-                self._emit("quorum_failed", self._token, exc)
-                if self._clock() >= deadline:
-                    await self._report_lost(holder, exc)
-                    return
-                interval = max(0.001, min(self.ttl / 3, (deadline - self._clock()) / 2))
-                continue
-            if validity is None:
-                await self._report_lost(holder, LockLostError(
-                    f"lock {self.name!r} could not be renewed: another holder has it or it "
-                    f"expired", lock_name=self.name))
-                return
-            with self._state:
-                if self._holder != holder:
-                    return
-                self._deadline = self._clock() + validity
-                self._renewals += 1
-            self._emit("renewed", self._token)
-            interval = self.ttl / 3
 
     async def __aenter__(self) -> AsyncLock:
         if not await self.acquire(blocking=True, timeout=self.blocking_timeout):

@@ -74,6 +74,10 @@ class RepairReport:
 class _Outcome:
     replies: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, BaseException] = field(default_factory=dict)
+    # Nodes whose reply counts towards a quorum: decided by the marker that came back with
+    # that reply, not by what the store believes later (a repair may have marked the node
+    # refilled after it answered from before the refill).
+    counted: set[str] = field(default_factory=set)
 
 
 def _check_key(key: object) -> str:
@@ -379,13 +383,15 @@ class ReplicatedStore:
             if marker is None or markers.get(name) != marker or name in down:
                 self._observe(name, marker)
             out.replies[name] = reply
+            if marker is not None and marker.startswith(MARKER_READY):
+                out.counted.add(name)
         return out
 
     def _quorum_error(self, action: str, key: str, need: int, got: int,
                       out: _Outcome) -> QuorumError:
         failed: dict[str, object] = dict(out.failed)
         for name in out.replies:
-            if not self._counts(name):
+            if name not in out.counted:
                 failed[name] = "recovering (came back empty; not counted until repaired)"
         names = ", ".join(f"{n} ({type(e).__name__ if isinstance(e, BaseException) else e})"
                           for n, e in failed.items()) or "none"
@@ -429,7 +435,7 @@ class ReplicatedStore:
     def _read_newest(self, key: str) -> Record | None:
         targets, _ = self._targets(key)
         out = self._round("read", {n: ([key],) for n in targets})
-        counted = [n for n in out.replies if self._counts(n)]
+        counted = [n for n in out.replies if n in out.counted]
         if len(counted) < self.read_quorum:
             raise self._quorum_error("get", key, self.read_quorum, len(counted), out)
         records = {n: out.replies[n][0] for n in out.replies}
@@ -464,9 +470,9 @@ class ReplicatedStore:
         repairs: dict[str, list[Record]] = {}
         for key in keys:
             answers = found.get(key, {})
-            if sum(1 for n in answers if self._counts(n)) < self.read_quorum:
+            if sum(1 for n in answers if n in out.counted) < self.read_quorum:
                 raise self._quorum_error("get_many", key, self.read_quorum,
-                                         sum(1 for n in answers if self._counts(n)), out)
+                                         sum(1 for n in answers if n in out.counted), out)
             newest = max((r for r in answers.values() if r is not None),
                          key=lambda r: r.version, default=None)
             own = self._own.get(key)
@@ -517,7 +523,7 @@ class ReplicatedStore:
             if version is not None:
                 return version
         out = self._round("read", {n: ([key],) for n in targets})
-        counted = [n for n in out.replies if self._counts(n)]
+        counted = [n for n in out.replies if n in out.counted]
         if len(counted) < self.read_quorum:
             raise self._quorum_error("put", key, self.read_quorum, len(counted), out)
         current = max((out.replies[n][0].version for n in out.replies
@@ -533,7 +539,7 @@ class ReplicatedStore:
         live = [n for n in targets if n in out.replies]
         acked: list[str] = []
         if if_version is not _ABSENT:
-            primary = next((n for n in live if self._counts(n)), None)
+            primary = next((n for n in live if n in out.counted), None)
             if primary is None:
                 raise self._quorum_error("put", key, self.write_quorum, 0, out)
             first = self._round("write_if", {primary: ([(record, if_version)],)})
@@ -545,7 +551,7 @@ class ReplicatedStore:
             acked.append(primary)
             live = [n for n in live if n != primary]
         written = self._round("write", {n: ([record],) for n in live})
-        acked += [n for n in written.replies if self._counts(n) or n in standins]
+        acked += [n for n in written.replies if n in written.counted or n in standins]
         nodes = self._all_nodes()
         for standin, replica in standins.items():
             if standin in written.replies:
@@ -557,7 +563,8 @@ class ReplicatedStore:
             self._remember(record)
         self._learn(key, version)
         if len(acked) < self.write_quorum:
-            failed = _Outcome(written.replies, {**out.failed, **written.failed})
+            failed = _Outcome(written.replies, {**out.failed, **written.failed},
+                              written.counted)
             raise self._quorum_error("put", key, self.write_quorum, len(acked), failed)
         return version
 
@@ -573,7 +580,7 @@ class ReplicatedStore:
         version = self._next_version(guess)
         record = Record(key, value, version, 0 if value is not None else int(self._wall() * 1000))
         out = self._round("write_if", {n: ([(record, guess)],) for n in targets})
-        applied = sum(1 for n, ok in out.replies.items() if ok[0] and self._counts(n))
+        applied = sum(1 for n, ok in out.replies.items() if ok[0] and n in out.counted)
         if applied < self.write_quorum:
             return None
         self._learn(key, version)
@@ -618,7 +625,7 @@ class ReplicatedStore:
         out = self._round("write_if", {n: (batch,) for n, batch in per_node.items()})
         applied: dict[str, int] = {}
         for n, oks in out.replies.items():
-            if self._counts(n):
+            if n in out.counted:
                 for (record, _), ok in zip(per_node[n], oks):
                     if ok:
                         applied[record.key] = applied.get(record.key, 0) + 1
@@ -641,7 +648,7 @@ class ReplicatedStore:
         answered: dict[str, int] = {}
         for n, records in out.replies.items():
             for key, record in zip(per_node[n], records):
-                if self._counts(n):
+                if n in out.counted:
                     answered[key] = answered.get(key, 0) + 1
                 seen = current.get(key)
                 if record is not None and (seen is None or record.version > seen):
@@ -664,7 +671,7 @@ class ReplicatedStore:
         written = self._round("write", {n: (rs,) for n, rs in writes.items()})
         acks: dict[str, int] = {}
         for n in written.replies:
-            if self._counts(n):
+            if n in written.counted:
                 for record in writes[n]:
                     acks[record.key] = acks.get(record.key, 0) + 1
         if self.consistency == "eventual":
@@ -674,7 +681,8 @@ class ReplicatedStore:
             if acks.get(key, 0) < self.write_quorum:
                 raise self._quorum_error("put_many", key, self.write_quorum, acks.get(key, 0),
                                          _Outcome(written.replies,
-                                                  {**out.failed, **written.failed}))
+                                                  {**out.failed, **written.failed},
+                                                  written.counted))
             self._learn(key, records[key].version)
         return dict(zip(keys, versions))
 

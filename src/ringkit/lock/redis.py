@@ -344,22 +344,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisBackend:
-    """Locks on one or several Redis servers, through redis-py.
+class _BackendBase:
+    """What the sync and async Redis lock backends share: arguments, placement, description."""
 
-    ``servers`` is a redis client, a ``redis://`` URL, or a list of them. Each lock name lives
-    on ``replicas`` of them, chosen by a :class:`ringkit.HashRing` (default: all servers when
-    there are at most 5, else 5), so lock traffic spreads over many servers. With one replica a
-    lock is one server's; with more it is held by a majority (see the module docs).
-
-    Clients made from URLs get ``socket_timeout`` (default 0.5 s) on connect and on every call,
-    so nothing hangs on a dead or paused server; pass clients configured the same way, and
-    without retries (``retry=Retry(NoBackoff(), 0)``): redis-py 6+ clients built with
-    ``redis.Redis(host, port)`` retry a refused connection several times with backoff, which
-    turns one dead server into seconds per lock call.
-    ``prefix`` starts every key; ``cluster=True`` (for Redis Cluster) turns off restart
-    detection, whose per-server key would live in another slot.
-    """
+    _asynchronous = False
 
     def __init__(
         self,
@@ -375,7 +363,7 @@ class RedisBackend:
         timeout = check_ttl(socket_timeout, "socket_timeout")
 
         def make_client(url: str) -> Any:
-            return client_from_url(url, timeout)
+            return client_from_url(url, timeout, asynchronous=self._asynchronous)
 
         self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
                                      make_client)
@@ -389,11 +377,33 @@ class RedisBackend:
 
     @property
     def replicas(self) -> int:
+        """How many servers hold each lock."""
         return self._placement.replicas
 
     def servers_for(self, name: str) -> list[str]:
         """The servers that hold lock `name`."""
         return [s.name for s in self._placement.targets(check_name(name))]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.servers!r}, replicas={self.replicas})"
+
+
+class RedisBackend(_BackendBase):
+    """Locks on one or several Redis servers, through redis-py.
+
+    ``servers`` is a redis client, a ``redis://`` URL, or a list of them. Each lock name lives
+    on ``replicas`` of them, chosen by a :class:`ringkit.HashRing` (default: all servers when
+    there are at most 5, else 5), so lock traffic spreads over many servers. With one replica a
+    lock is one server's; with more it is held by a majority (see the module docs).
+
+    Clients made from URLs get ``socket_timeout`` (default 0.5 s) on connect and on every call,
+    so nothing hangs on a dead or paused server; pass clients configured the same way, and
+    without retries (``retry=Retry(NoBackoff(), 0)``): redis-py 6+ clients built with
+    ``redis.Redis(host, port)`` retry a refused connection several times with backoff, which
+    turns one dead server into seconds per lock call.
+    ``prefix`` starts every key; ``cluster=True`` (for Redis Cluster) turns off restart
+    detection, whose per-server key would live in another slot.
+    """
 
     def _round(self, targets: Sequence[_Server],
                command: Callable[[_Server], tuple[Any, ...]]) -> _Outcome:
@@ -464,9 +474,6 @@ class RedisBackend:
             if server.owned:
                 server.client.close()
 
-    def __repr__(self) -> str:
-        return f"RedisBackend({self.servers!r}, replicas={self.replicas})"
-
 
 class _RedisWaiter:
     """Waits for a release published on the lock's channel; falls back to a plain timed wait
@@ -511,33 +518,10 @@ class _RedisWaiter:
             self._pubsub = None
 
 
-class AsyncRedisBackend:
+class AsyncRedisBackend(_BackendBase):
     """:class:`RedisBackend` for asyncio programs, on ``redis.asyncio`` clients or URLs."""
 
-    def __init__(
-        self,
-        servers: object,
-        *,
-        replicas: int | None = None,
-        prefix: str = "ringkit:lock:",
-        socket_timeout: float = 0.5,
-        restart_delay: float | None = None,
-        cluster: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        timeout = check_ttl(socket_timeout, "socket_timeout")
-
-        def make_client(url: str) -> Any:
-            return client_from_url(url, timeout, asynchronous=True)
-
-        self._placement = _Placement(servers, replicas, prefix, restart_delay, cluster,
-                                     make_client)
-        self._timeout = timeout
-        self._clock = clock
-
-    @property
-    def servers(self) -> list[str]:
-        return [s.name for s in self._placement.servers]
+    _asynchronous = True
 
     async def _round(self, targets: Sequence[_Server],
                      command: Callable[[_Server], tuple[Any, ...]]) -> _Outcome:
@@ -609,8 +593,6 @@ class AsyncRedisBackend:
             if server.owned:
                 await server.client.aclose()
 
-    def __repr__(self) -> str:
-        return f"AsyncRedisBackend({self.servers!r}, replicas={self._placement.replicas})"
 
 
 class _AsyncRedisWaiter:

@@ -262,7 +262,7 @@ def test_async_redis_fresh_server_withholds_its_vote(redis_servers) -> None:
     async def main() -> float:
         client = server.async_client()
         try:
-            lock = AsyncLock("fresh", AsyncRedisBackend(client), ttl=0.5)
+            lock = AsyncLock("fresh", AsyncRedisBackend(client, max_ttl=0.5), ttl=0.5)
             started = time.monotonic()
             assert not await lock.acquire(blocking=False)
             assert await lock.acquire(timeout=5.0)

@@ -148,6 +148,15 @@ def leases(server, name: str) -> object:  # type: ignore[no-untyped-def]
     return server.client().get(f"{PREFIX}{{{name}}}")
 
 
+def wait_until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for something that follows a round that was decided before every reply came (a
+    late grant's release); the bound is a hang guard, not a speed requirement."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
 # -- mutual exclusion -----------------------------------------------------------------------------
 
 
@@ -209,10 +218,13 @@ def test_majority_killed_is_a_quorum_error_and_never_grants(redis_servers, n_ser
             lock.acquire(timeout=timeout)
         assert time.monotonic() - started < timeout + 2.0
         assert isinstance(info.value, QuorumError) and isinstance(info.value, LockError)
-        assert sorted(info.value.failed) == sorted(s.name for s in servers[:kill])
+        # The dead decide the round (no majority is possible): a survivor that had not
+        # answered by then is named too, as not having answered in time.
+        assert {s.name for s in servers[:kill]} <= set(info.value.failed) \
+            <= {s.name for s in servers}
         assert not lock.locked
-        for server in survivors:
-            assert leases(server, "k") is None   # the survivors' grants were given back
+        for server in survivors:                  # the survivors' grants were given back
+            wait_until(lambda server=server: leases(server, "k") is None)
     with pytest.raises(LockError):
         lock.acquire(blocking=False)
     kinds = [e.kind for e in events]
@@ -335,9 +347,9 @@ def test_holder_paused_past_its_ttl_loses_to_the_next_holder(redis_servers, tmp_
 def test_single_server_restarted_empty_waits_a_ttl_and_tokens_keep_increasing(redis_servers
                                                                                ) -> None:
     (server,) = redis_servers(1)
-    backend = RedisBackend(server.url)
-    backend.initialize()
     ttl = 1.0
+    backend = RedisBackend(server.url, max_ttl=ttl)
+    backend.initialize()
     lock = Lock("restart", backend, ttl=ttl)
     with lock:
         before = lock.token
@@ -432,12 +444,12 @@ def test_a_paused_single_server_is_a_quorum_error_not_a_hang(redis_servers) -> N
 def _drive(backend: RedisBackend, steps, between) -> object:  # type: ignore[no-untyped-def]
     """Run the acquire protocol's rounds on `backend`, calling `between()` after the first."""
     round_ = next(steps)
-    outcome = backend._round(*round_)
+    outcome = backend._round(round_)
     between()
     try:
         while True:
             round_ = steps.send(outcome)
-            outcome = backend._round(*round_)
+            outcome = backend._round(round_)
     except StopIteration as done:
         return done.value
 

@@ -95,10 +95,16 @@ def test_keys_of_a_quorum_lock_live_on_its_placement(redis_servers, make_backend
         assert len(placement) == 3 and len(set(placement)) == 3
         placements.add(tuple(sorted(placement)))
         with Lock(name, backend, ttl=10.0):
-            for server in servers:
-                has_lease = f"{PREFIX}{{{name}}}" in server_keys(server)
-                assert has_lease == (server.name in placement)
-        assert all(f"{PREFIX}{{{name}}}" not in server_keys(by_name[s]) for s in placement)
+            # On a majority of the placement at least (a grant that came after the acquire
+            # was decided may have been given back already), and nowhere else.
+            holding = {server.name for server in servers
+                       if f"{PREFIX}{{{name}}}" in server_keys(server)}
+            assert holding <= set(placement) and len(holding) >= 2
+        # The release returns once a majority released; the last one follows at once.
+        deadline = time.monotonic() + 5.0
+        while any(f"{PREFIX}{{{name}}}" in server_keys(by_name[s]) for s in placement):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
     assert len(placements) > 1  # the ring spreads names over different triples
 
 
@@ -160,8 +166,8 @@ def test_release_after_expiry_never_deletes_the_next_holders_lease(redis_servers
     with pytest.raises(LockLostError):
         first.release()
     assert second.owned()
-    holder = {server.client().get(f"{PREFIX}{{r}}") for server in servers}
-    assert len(holder) == 1 and None not in holder
+    holder = [server.client().get(f"{PREFIX}{{r}}") for server in servers]
+    assert len(set(holder) - {None}) == 1 and holder.count(None) <= 1
     second.release()
     # Expired and nobody took it: the release still reports the loss instead of pretending.
     third = Lock("r", backend, ttl=0.2)
@@ -189,30 +195,32 @@ def test_release_of_a_lock_not_held_on_redis(redis_servers, make_backend) -> Non
 
 
 @pytest.mark.redis
-def test_fresh_server_without_initialize_withholds_its_vote_for_one_ttl(redis_servers,
+def test_fresh_server_without_initialize_withholds_its_vote_for_max_ttl(redis_servers,
                                                                         make_backend) -> None:
     (server,) = redis_servers(1)
-    backend = make_backend([server], initialize=False)
-    ttl = 1.0
+    max_ttl = 1.0
+    backend = make_backend([server], initialize=False, max_ttl=max_ttl)
     started = time.monotonic()
-    lock = Lock("fresh", backend, ttl=ttl)
+    lock = Lock("fresh", backend, ttl=0.2)
     assert not lock.acquire(blocking=False)          # no epoch marker: it is "restarting"
     assert f"{PREFIX}__epoch__" in server_keys(server)
     assert not lock.acquire(timeout=0.2)
-    assert lock.acquire(timeout=ttl + 5.0)
-    assert time.monotonic() - started >= ttl * 0.95  # not before its quiet period ended
+    assert lock.acquire(timeout=max_ttl + 5.0)
+    assert time.monotonic() - started >= max_ttl * 0.95  # not before its quiet period ended
     lock.release()
     assert backend.initialize() == []                 # it has a marker now
 
 
 @pytest.mark.redis
-def test_restart_delay_overrides_the_quiet_period(redis_servers, make_backend) -> None:
+def test_persistent_servers_grant_at_once(redis_servers, make_backend) -> None:
+    """persistent=True: a server without a marker never lost an acknowledged lease, so it is
+    new, and grants at once (and records max_ttl like initialize() does)."""
     (server,) = redis_servers(1)
-    backend = make_backend([server], initialize=False, restart_delay=0.0)
+    backend = make_backend([server], initialize=False, persistent=True, max_ttl=30.0)
     lock = Lock("quick", backend, ttl=30.0)
-    assert not lock.acquire(blocking=False)   # the first call finds it new, and marks it
-    assert lock.acquire(blocking=False)       # zero quiet period after that
+    assert lock.acquire(blocking=False)
     lock.release()
+    assert server.client().get(f"{PREFIX}__epoch__") == b"0:30000"
 
 
 @pytest.mark.redis
@@ -402,9 +410,15 @@ def test_unreachable_majority_names_every_failed_server(redis_servers, unused_po
         lock.acquire(blocking=False)
     error = info.value
     assert isinstance(error, LockQuorumError)
-    assert sorted(error.failed) == [f"127.0.0.1:{unused_port}/0", f"127.0.0.1:{unused_port}/1"]
+    dead_names = [f"127.0.0.1:{unused_port}/0", f"127.0.0.1:{unused_port}/1"]
+    # The dead two decide the round (no majority possible): the live one may not have been
+    # waited for, and is then named as not having answered in time.
+    assert set(dead_names) <= set(error.failed) <= {*dead_names, live.name}
     assert all(name in str(error) for name in error.failed)
-    assert f"{PREFIX}{{q}}" not in server_keys(live)   # the live server's grant was given back
+    deadline = time.monotonic() + 5.0
+    while f"{PREFIX}{{q}}" in server_keys(live):      # the live server's grant is given back
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     backend.close()
 
 
@@ -448,8 +462,11 @@ def test_default_replicas() -> None:
 
 @pytest.mark.parametrize("options, error", [
     ({"prefix": 3}, TypeError),
-    ({"restart_delay": -1}, ValueError),
-    ({"restart_delay": math.nan}, ValueError),
+    ({"max_ttl": -1}, ValueError),
+    ({"max_ttl": math.nan}, ValueError),
+    ({"max_ttl": 10 * 86400}, ValueError),
+    ({"max_ttl": "60"}, TypeError),
+    ({"persistent": 1}, TypeError),
     ({"socket_timeout": 0}, ValueError),
     ({"socket_timeout": "1"}, TypeError),
 ])

@@ -456,7 +456,7 @@ def test_quorum_error_names_the_failed_nodes() -> None:
 def test_sloppy_quorum_hands_hints_back() -> None:
     clock = FakeClock()
     nodes = memory_nodes(5)
-    store = ReplicatedStore(nodes, sloppy=True, down_backoff=30.0, clock=clock)
+    store = ReplicatedStore(nodes, sloppy=True, consistency="eventual", down_backoff=30.0, clock=clock)
     key = "user:1"
     replica = store.preference_list(key)[2]
     nodes[replica].kill()
@@ -486,7 +486,7 @@ def test_sloppy_quorum_hands_hints_back() -> None:
 def test_sloppy_quorum_takes_writes_that_a_strict_one_refuses() -> None:
     nodes = memory_nodes(5)
     strict = ReplicatedStore(nodes, down_backoff=30.0)
-    sloppy = ReplicatedStore(nodes, sloppy=True, down_backoff=30.0)
+    sloppy = ReplicatedStore(nodes, sloppy=True, consistency="eventual", down_backoff=30.0)
     key = "k"
     for name in strict.preference_list(key)[1:]:
         nodes[name].kill()

@@ -14,9 +14,16 @@ import threading
 import pytest
 
 from ringkit import QuorumError
-from ringkit.replication import MemoryNode, Record, RedisNode, ReplicatedStore, Version
+from ringkit.replication import MemoryNode, NodeState, Record, RedisNode, ReplicatedStore, Version
 
 TIMEOUT = 0.3      # socket timeout of every RedisNode here
+
+
+def new_store(nodes, **options) -> ReplicatedStore:  # type: ignore[no-untyped-def]
+    """A store on new Redis nodes: initialize() marks them ready (see ReplicatedStore)."""
+    store = ReplicatedStore(nodes, **options)
+    store.initialize()
+    return store
 
 
 def redis_nodes(servers, **options) -> dict[str, RedisNode]:  # type: ignore[no-untyped-def]
@@ -73,9 +80,10 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     """MemoryNode and RedisNode answer alike: newer-only writes, tombstones, exact write_if
     and remove, scan, the epoch marker and hints."""
     v = [Record("k", b"%d" % i, Version(i, "aa")) for i in range(5)]
+    empty = NodeState(None, 0)
     assert node.get_marker() is None
-    assert node.read(["k", "missing"]) == (None, [None, None])
-    assert node.write([v[2]]) == (None, [True])
+    assert node.read(["k", "missing"]) == (empty, [None, None])
+    assert node.write([v[2]]) == (empty, [True])
     assert node.write([v[2], v[1]])[1] == [False, False]      # retry and older: no effect
     assert node.read(["k"])[1] == [v[2]]
     assert node.write([Record("k", b"tie", Version(2, "ab"))])[1] == [True]   # writer breaks ties
@@ -88,11 +96,22 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     assert node.write_if([(v[4], None)])[1] == [False]
     assert node.write_if([(v[4], tomb.version), (Record("n", b"x", Version(1, "aa")), None)]
                          )[1] == [True, True]
-    # remove: only where the version still matches.
+    # remove: only where the version still matches; a purge raises the node's floor, and a
+    # write expecting the key absent must then be numbered above it.
     node.remove([v[3]])
     assert node.read(["k"])[1] == [v[4]]
+    assert node.read([])[0].floor == 0
     node.remove([v[4]])
-    assert node.read(["k"])[1] == [None]
+    assert node.read(["k"]) == (NodeState(None, 4), [None])
+    assert node.write_if([(Record("k", b"low", Version(4, "zz")), None)])[1] == [False]
+    assert node.write_if([(Record("k", b"up", Version(5, "aa")), None)])[1] == [True]
+    assert node.write([Record("old", b"o", Version(2, "aa"))])[1] == [True]  # copies: no floor
+    node.raise_floor(3)
+    assert node.read([])[0].floor == 4                   # never lowered
+    node.raise_floor(9)
+    assert node.write([])[0] == NodeState(None, 9)
+    node.remove([Record("k", b"up", Version(5, "aa")), Record("old", b"o", Version(2, "aa"))])
+    assert node.read([])[0].floor == 9
     # Binary values and any str key round-trip.
     odd = Record("ключ {x} } {", b"\x00\xff\r\n", Version(7, "0f"))
     node.write([odd])
@@ -104,9 +123,14 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     assert node.set_marker("ready:1", only_if_missing=True)
     assert not node.set_marker("ready:2", only_if_missing=True)
     assert node.get_marker() == "ready:1"
-    assert node.read(["e"])[0] == "ready:1"              # every call answers with it
+    assert node.read(["e"])[0] == NodeState("ready:1", 9)   # every call answers with it
     assert node.set_marker("recovering:3", only_if_missing=False)
-    assert node.write([])[0] == "recovering:3"
+    assert node.write([])[0].marker == "recovering:3"
+    # The members registry (initialize() refuses nodes the others remember).
+    assert node.members() == set()
+    node.add_members(["a", "b"])
+    node.add_members(["b", "c"])
+    assert node.members() == {"a", "b", "c"}
     # Hints, held per target node.
     h1, h2 = Record("h", b"1", Version(1, "aa")), Record("h", None, Version(2, "aa"), 99)
     node.add_hints("other", [h1])
@@ -125,19 +149,21 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.redis
 def test_keys_carry_the_prefix_and_the_item_hash_tag(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
-    store = ReplicatedStore(redis_nodes(servers, prefix="app:rep:"))
+    store = new_store(redis_nodes(servers, prefix="app:rep:"))
     keys = ["user:42", "orders/7", "ключ", "with space", ""]
     for key in keys:
         store.put(key, b"v")
     store.delete("orders/7")
+    store.repair()          # a write returns at its quorum: the third copy may still be on its way
     for server in servers:
         found = server_keys(server)
         assert all(name.startswith("app:rep:") for name in found)
-        items = {name for name in found if name != "app:rep:__epoch__"}
+        items = {name for name in found
+                 if name not in ("app:rep:__epoch__", "app:rep:__members__")}
         assert items == {f"app:rep:{{{key}}}" for key in keys}
         assert {hash_tag(name) for name in items if name != "app:rep:{}"} == set(keys) - {""}
     # The default prefix, and two prefixes on one server stay apart (scan, repair).
-    other = ReplicatedStore(redis_nodes(servers))
+    other = new_store(redis_nodes(servers))
     other.put("user:42", b"w")
     assert "ringkit:rep:{user:42}" in server_keys(servers[0])
     assert other.repair().keys_checked == 1
@@ -150,7 +176,7 @@ def test_keys_carry_the_prefix_and_the_item_hash_tag(redis_servers) -> None:  # 
 def test_prefixes_with_glob_characters_are_scanned_literally(redis_servers, prefix) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
     nodes = redis_nodes(servers, prefix=prefix)
-    store = ReplicatedStore(nodes)
+    store = new_store(nodes)
     store.put("k", b"v")
     servers[0].client().set("app1:{decoy}", b"x")      # what an unescaped app[1]: would match
     servers[0].client().set("aXbY:{decoy}", b"x")
@@ -164,7 +190,7 @@ def test_prefixes_with_glob_characters_are_scanned_literally(redis_servers, pref
 @pytest.mark.redis
 def test_a_flushed_script_cache_is_reloaded(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
-    store = ReplicatedStore(redis_nodes(servers), tombstone_grace=0.0)
+    store = new_store(redis_nodes(servers), tombstone_grace=0.0)
     first = store.put("k", b"1")
 
     def flush_scripts() -> None:
@@ -212,14 +238,14 @@ def test_a_node_on_a_port_nothing_listens_on_is_skipped_and_named(redis_servers,
     dead = RedisNode(f"redis://127.0.0.1:{unused_port}/0", socket_timeout=TIMEOUT)
     assert dead.name == f"127.0.0.1:{unused_port}"
     nodes = {**redis_nodes(servers), dead.name: dead}
-    store = run_bounded(lambda: ReplicatedStore(nodes, replicas=3))
+    store = run_bounded(lambda: new_store(nodes, replicas=3))
     assert store.status()[dead.name] == "down"
     version = run_bounded(lambda: store.put("k", b"v"))          # 2 of 3 is a write quorum
     assert run_bounded(lambda: store.get_versioned("k")) == (b"v", version)
     # With one of the live servers gone as well, the error names both.
     other_dead = RedisNode(f"redis://127.0.0.1:{unused_port}/1", name="second-dead",
                            socket_timeout=TIMEOUT)
-    store = ReplicatedStore({"r0": nodes["r0"], dead.name: dead, "second-dead": other_dead},
+    store = new_store({"r0": nodes["r0"], dead.name: dead, "second-dead": other_dead},
                             down_backoff=0.0)
     with pytest.raises(QuorumError) as info:
         run_bounded(lambda: store.put("k", b"w"))
@@ -243,7 +269,7 @@ def test_a_server_that_accepts_but_never_answers_costs_one_socket_timeout(redis_
         mute = RedisNode(f"redis://127.0.0.1:{port}/0", name="mute", socket_timeout=TIMEOUT)
         nodes = {**redis_nodes(servers), "mute": mute}
         events: list[str] = []
-        store = run_bounded(lambda: ReplicatedStore(
+        store = run_bounded(lambda: new_store(
             nodes, down_backoff=0.0, on_event=lambda e: events.append(f"{e.kind}:{e.node}")))
         assert "node_down:mute" in events
         for value in (b"0", b"1", b"2"):
@@ -260,7 +286,7 @@ def test_a_server_that_accepts_but_never_answers_costs_one_socket_timeout(redis_
 def test_a_server_restarted_empty_is_recovering_until_repaired(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
     nodes = redis_nodes(servers)
-    store = ReplicatedStore(nodes, down_backoff=0.05)
+    store = new_store(nodes, down_backoff=0.05)
     items = {f"k{i}": b"%d" % i for i in range(400)}
     store.put_many(items)
     servers[1].kill()                                  # SIGKILL; waits for the pid to be gone
@@ -288,7 +314,7 @@ def test_a_server_restarted_empty_is_recovering_until_repaired(redis_servers) ->
 def test_a_paused_server_is_skipped_and_catches_up(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
     nodes = redis_nodes(servers)
-    store = ReplicatedStore(nodes, down_backoff=0.05)
+    store = new_store(nodes, down_backoff=0.05)
     store.put("k", b"before")
     servers[0].pause()                                 # SIGSTOP
     try:
@@ -314,7 +340,7 @@ def test_a_paused_server_is_skipped_and_catches_up(redis_servers) -> None:  # ty
 def test_hints_survive_in_redis_and_are_handed_back(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(4)
     nodes = redis_nodes(servers)
-    store = ReplicatedStore(nodes, sloppy=True, down_backoff=0.05, wall_clock=lambda: 0.0)
+    store = new_store(nodes, sloppy=True, consistency="eventual", down_backoff=0.05, wall_clock=lambda: 0.0)
     replica = store.preference_list("a")[1]
     server = servers[int(replica[1:])]
     server.kill()
@@ -343,7 +369,7 @@ def test_tombstones_on_redis_even_at_wall_clock_zero(redis_servers) -> None:  # 
     servers = redis_servers(3)
     wall = [0.0]
     nodes = redis_nodes(servers)
-    store = ReplicatedStore(nodes, tombstone_grace=10.0, wall_clock=lambda: wall[0])
+    store = new_store(nodes, tombstone_grace=10.0, wall_clock=lambda: wall[0])
     store.put("empty", b"")
     store.put("k", b"v")
     gone = store.delete("k")
@@ -362,12 +388,12 @@ def test_tombstones_on_redis_even_at_wall_clock_zero(redis_servers) -> None:  # 
 @pytest.mark.redis
 def test_batches_larger_than_one_script_call(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
-    store = ReplicatedStore(redis_nodes(servers))
+    store = new_store(redis_nodes(servers))
     items = {f"k{i}": b"v%d" % i for i in range(1100)}
     versions = store.put_many(items)
     assert [v.counter for v in versions] == [1] * 1100
     assert store.get_many(list(items)) == list(items.values())
-    again = ReplicatedStore(redis_nodes(servers))        # no known versions: read-first path
+    again = new_store(redis_nodes(servers))        # no known versions: read-first path
     assert [v.counter for v in again.put_many({k: b"w" for k in items})] == [2] * 1100
     assert all(store.get(k) == b"w" for k in list(items)[::97])
     report = store.repair(batch=128)
@@ -378,7 +404,7 @@ def test_batches_larger_than_one_script_call(redis_servers) -> None:  # type: ig
 def test_eventual_mode_on_redis(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
     nodes = redis_nodes(servers)
-    with ReplicatedStore(nodes, write_quorum=1, read_quorum=1, consistency="eventual") as store:
+    with new_store(nodes, write_quorum=1, read_quorum=1, consistency="eventual") as store:
         for i in range(200):
             store.put(f"k{i}", b"%d" % i)
             assert store.get(f"k{i}") == b"%d" % i
@@ -408,7 +434,7 @@ def test_redis_node_from_a_client(redis_servers) -> None:  # type: ignore[no-unt
     servers = redis_servers(3)
     nodes = {f"c{i}": RedisNode(server.client()) for i, server in enumerate(servers)}
     assert nodes["c0"].name == f"127.0.0.1:{servers[0].port}"
-    store = ReplicatedStore(nodes)
+    store = new_store(nodes)
     version = store.put("k", b"v")
     assert store.get_versioned("k") == (b"v", version)
     assert isinstance(version, Version)

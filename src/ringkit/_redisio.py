@@ -1,35 +1,77 @@
-"""Send-then-read command batches on redis-py connections.
+"""Rounds of Redis commands on several servers at once, through redis-py connections.
 
-A quorum round asks several servers at once. Instead of one thread per server, each server's
-commands are written to its connection first (:meth:`Batch.send`) and the replies are read
-afterwards (:meth:`Batch.replies`): the servers work in parallel while the client waits on the
-first, and no thread is handed anything. Every read is bounded by the connection's socket
-timeout, so a dead or paused server costs at most that.
+A quorum round asks several servers at once and is over as soon as its outcome is known: a
+majority granted, or too many refused or failed for one to be possible. The sync transport
+sends each server its commands on a connection of ringkit's own, then waits on all their
+sockets together (``poll``) and reads with hiredis, the parser redis-py itself uses; the async
+transport runs one task per server on ``redis.asyncio`` connections. Either way:
+
+- **one deadline per call**: a server that does not answer within ``timeout`` of the round's
+  start counts as failed, and the round never runs past the latest deadline;
+- **late replies are dealt with after**: a call still owed replies when its round ended is
+  handed over (to one background thread per process, or a task per call under asyncio), which
+  reads the replies when they come and passes them to the call's ``late`` handler (a late lock
+  grant is released there, a late stale version repaired), on the same connection, after the
+  late reply, so a follow-up can never overtake what it follows up; a connection is reused only
+  once every reply it owed was read, and closed when they do not come in time;
+- **a slow server costs one timeout, not one per round**: while a server still owes replies,
+  or its last call failed, rounds skip it (it counts as failed at once) and a background probe
+  (connect, PING) brings it back when it answers again. No round ever waits on a connect to a
+  server that failed before.
+
+redis-py makes every connection (its connection class and settings: host, port, db, TLS,
+credentials, RESP version) and sends; hiredis parses. ``Link.close()`` closes every connection
+that ringkit opened to the server, the one owed late replies included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
+import select
+import socket
 import threading
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Batch", "client_from_url", "no_retry", "pack", "script_sha"]
+__all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "client_from_url", "gather",
+           "gather_async", "no_retry", "pack", "script_sha"]
+
+log = logging.getLogger("ringkit.redis")
+
+# A late handler receives the replies of a call that came after its round ended, and returns the
+# commands to send next on the same connection (their replies are read and dropped), or None.
+Late = Callable[[list[Any]], Sequence[tuple[Any, ...]] | None]
+
+_MISSING = object()          # hiredis' "not enough data yet"
+_PROBE_FIRST = 0.02          # seconds before the first reconnection probe; doubles up to timeout
+_MAX_LATE = 8                # connections of one server owed late replies before rounds skip it
+_LINKS: weakref.WeakSet[Link] = weakref.WeakSet()
 
 
 def client_from_url(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
     """A redis-py client for `url` with `timeout` on connect and on every call, and no
     client-side retries (see :func:`no_retry`)."""
-    try:
-        import redis
-        import redis.asyncio
-    except ImportError:
-        raise ImportError("Redis support needs redis-py: pip install 'ringkit[redis]'") from None
+    _require_redis()
+    import redis
+    import redis.asyncio
+
     kind = redis.asyncio.Redis if asynchronous else redis.Redis
     return kind.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                          retry=no_retry(asynchronous=asynchronous))
+
+
+def _require_redis() -> None:
+    try:
+        import hiredis  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"Redis support needs redis-py and hiredis: pip install "
+                          f"'ringkit[redis]' ({exc})") from None
 
 
 def no_retry(*, asynchronous: bool = False) -> Any:
@@ -44,12 +86,6 @@ def no_retry(*, asynchronous: bool = False) -> Any:
     from redis.retry import Retry
 
     return Retry(NoBackoff(), 0)
-
-
-def _redis_errors() -> type[Exception]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    return RedisConnectionError
 
 
 def script_sha(script: str) -> str:
@@ -105,112 +141,996 @@ def pack_python(commands: Sequence[tuple[Any, ...]]) -> bytes:
     return b"".join(parts)
 
 
-class _Held:
-    """One connection kept out of a client's pool for ringkit's rounds: taking a connection from
-    the pool and giving it back costs more than packing the commands. Used by one round at a
-    time (``lock``); a round that finds it busy takes a pooled connection as usual."""
+def _new_reader() -> Any:
+    import hiredis
+    from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
-    __slots__ = ("conn", "lock", "pid")
+    def reply_error(message: str) -> Exception:
+        if message.startswith("NOSCRIPT"):
+            return NoScriptError(message)
+        return ResponseError(message)
 
-    def __init__(self) -> None:
-        self.conn: Any = None
-        self.lock = threading.Lock()
-        self.pid = 0
-
-
-_HELD: weakref.WeakKeyDictionary[Any, _Held] = weakref.WeakKeyDictionary()
-_HELD_GUARD = threading.Lock()
+    return hiredis.Reader(protocolError=InvalidResponse, replyError=reply_error,
+                          notEnoughData=_MISSING)
 
 
-def _held_for(client: Any) -> _Held | None:
-    try:
-        held = _HELD.get(client)
-        if held is None:
-            with _HELD_GUARD:
-                held = _HELD.setdefault(client, _Held())
-        return held
-    except TypeError:  # a client that cannot be weakly referenced: always use the pool
-        return None
+def _connection_error(message: str) -> Exception:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError(message)
 
 
-class Batch:
-    """One pipelined round trip to one server: ``send()``, then ``replies()``.
+def _timeout_error(message: str) -> Exception:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    ``commands`` are argument tuples (``("GET", key)``, ``("EVALSHA", sha, 1, key, ...)``).
-    Error replies come back as exception objects in their slot; a broken connection raises.
-    A script missing from the server's cache (NOSCRIPT, after a restart) is loaded from
-    ``scripts`` ({sha: source}) and the batch is sent again, so scripts must be idempotent.
+    return RedisTimeoutError(message)
+
+
+def _is_noscript(reply: Any) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(reply, NoScriptError)
+
+
+def _connection_kwargs(client: Any, timeout: float, *, asynchronous: bool
+                       ) -> tuple[Any, dict[str, Any], bool]:
+    """The connection class and settings for ringkit's own connections to `client`'s server,
+    and whether connecting needs no reply from the server (no AUTH, SELECT, CLIENT SETNAME,
+    HELLO or TLS handshake), so that a connect to a paused server does not wait on it."""
+    pool = client.connection_pool
+    kind = pool.connection_class
+    kwargs = dict(pool.connection_kwargs)
+    # ringkit's own connections never retry (a dead server must fail fast and count against the
+    # quorum), never wait on a socket longer than the round's timeout, speak RESP2 (what the
+    # rounds parse), and skip CLIENT SETINFO (one reply less to wait for on connect).
+    kwargs["retry"] = no_retry(asynchronous=asynchronous)
+    kwargs["socket_timeout"] = timeout
+    if not kwargs.get("socket_connect_timeout"):
+        kwargs["socket_connect_timeout"] = timeout
+    for extra in ({"protocol": 2}, {"driver_info": None}, {"lib_name": None, "lib_version": None}):
+        if "lib_name" in extra and "driver_info" in kwargs:
+            continue        # redis-py 7.1+: driver_info=None already, lib_name is deprecated
+        trial = {**kwargs, **extra}
+        try:
+            kind(**trial)
+        except TypeError:
+            continue
+        kwargs = trial
+    handshake = (kwargs.get("password") or kwargs.get("username")
+                 or kwargs.get("credential_provider") or kwargs.get("db")
+                 or kwargs.get("client_name") or kwargs.get("protocol") not in (None, 2, "2")
+                 or "ssl" in kind.__name__.lower() or any(k.startswith("ssl_") for k in kwargs))
+    return kind, kwargs, not handshake
+
+
+def server_name(client: Any) -> str:
+    """A client's server as ringkit names it in errors and events: host:port/db."""
+    kwargs = getattr(client, "connection_pool", None)
+    kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs is not None else {}
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Sync transport
+
+
+class _Conn:
+    """One socket to a server, opened by redis-py (handshake included), read with hiredis."""
+
+    __slots__ = ("link", "redis", "sock", "fd", "reader", "buf", "ssl")
+
+    def __init__(self, link: Link, timeout: float | None = None) -> None:
+        self.link = link
+        self.redis = link.new_connection(timeout)
+        self.redis.connect()
+        self.sock = self.redis._sock
+        if timeout is not None:
+            self.sock.settimeout(link.timeout)
+        self.fd = self.sock.fileno()
+        self.reader = _new_reader()
+        self.buf = bytearray(65536)
+        self.ssl = hasattr(self.sock, "pending")
+
+    def readable(self) -> bool:
+        if self.ssl and self.sock.pending():
+            return True
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise _connection_error(f"{self.link.name}: error while writing: {exc}") from exc
+
+    def recv(self) -> None:
+        """Read what the socket has (the caller knows it is readable) into the parser."""
+        try:
+            n = self.sock.recv_into(self.buf)
+        except (BlockingIOError, InterruptedError, TimeoutError, socket.timeout):
+            return
+        except OSError as exc:
+            self.close()
+            raise _connection_error(f"{self.link.name}: error while reading: {exc}") from exc
+        if n == 0:
+            self.close()
+            raise _connection_error(f"{self.link.name}: connection closed by the server")
+        self.reader.feed(self.buf, 0, n)
+
+    def ping(self, deadline: float) -> bool:
+        """PING and wait for the PONG until `deadline`."""
+        try:
+            self.send(b"*1\r\n$4\r\nPING\r\n")
+            reply: Any = _MISSING
+            while reply is _MISSING:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    return False
+                self.recv()
+                reply = self.reader.gets()
+        except Exception:  # noqa: BLE001
+            return False
+        return not isinstance(reply, Exception)
+
+    def close(self) -> None:
+        try:
+            self.redis.disconnect()
+        except Exception:  # noqa: BLE001 - closing what is already broken
+            pass
+
+
+# What Link.take() says about a server: use this connection, connect now, or skip it.
+_CONNECT = "connect"
+_SKIP = "skip"
+
+
+class Link:
+    """ringkit's own connections to one Redis server, made with its client's connection
+    settings and kept out of the client's pool, so that no connection of the application is
+    ever left owing replies. Thread safe; fork safe (a child starts with no connections)."""
+
+    def __init__(self, client: Any, timeout: float, name: str | None = None) -> None:
+        _require_redis()
+        self.client = client
+        self.timeout = float(timeout)
+        self.name = name or server_name(client)
+        self._class, self._kwargs, self._fast = _connection_kwargs(client, self.timeout,
+                                                                   asynchronous=False)
+        self._guard = threading.Lock()
+        self._reset(os.getpid())
+        _LINKS.add(self)
+
+    def _reset(self, pid: int) -> None:
+        self._pid = pid
+        self._idle: list[_Conn] = []
+        self._late = 0              # connections handed to the late reader
+        self._suspect = False       # its last call failed or timed out: probe before use
+        self._probing = False
+        self._closed = False        # close() stops the probe (a later use reopens)
+        self._generation = 0        # bumped by close(): connections of before are not kept
+
+    def new_connection(self, timeout: float | None = None) -> Any:
+        if timeout is None:
+            return self._class(**self._kwargs)
+        kwargs = dict(self._kwargs)
+        kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = max(0.001, timeout)
+        return self._class(**kwargs)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def take(self, must: bool = False) -> _Conn | str:
+        """A connection with nothing owed on it; or _CONNECT when a new one may be made now;
+        or _SKIP when the server must be skipped: it failed and is being probed, or it owes
+        late replies on _MAX_LATE connections already, or on one when connecting needs a reply
+        from it (AUTH, SELECT, TLS: a paused server would stall the round). A connection is
+        then warmed up in the background. With `must` (a call to this one server, not a quorum
+        round) it is never skipped."""
+        if self._pid != os.getpid():
+            with self._guard:
+                self._reset(os.getpid())   # the parent's sockets are the parent's
+        while True:
+            with self._guard:
+                if self._suspect and not must:
+                    self._probe_locked()
+                    return _SKIP
+                conn = self._idle.pop() if self._idle else None
+                if conn is None:
+                    if self._late and not must and (self._late >= _MAX_LATE or not self._fast):
+                        self._probe_locked()
+                        return _SKIP
+                    self._closed = False
+                    return _CONNECT
+            if not conn.readable():
+                return conn
+            conn.close()    # readable between rounds: closed by the server, or stray data
+
+    def connect(self, timeout: float | None = None) -> _Conn:
+        """A new connection, now (within `timeout`); a failure makes the link suspect."""
+        try:
+            return _Conn(self, timeout)
+        except Exception:
+            self.failed()
+            raise
+
+    def give(self, conn: _Conn, generation: int | None = None) -> None:
+        """Take back a connection that owes nothing."""
+        with self._guard:
+            if self._pid == os.getpid() and (generation is None
+                                              or generation == self._generation):
+                self._suspect = False
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def failed(self) -> None:
+        """A call failed or timed out: skip this server until a probe finds it answering."""
+        with self._guard:
+            self._suspect = True
+            self._probe_locked()
+
+    def late_started(self) -> int:
+        with self._guard:
+            self._late += 1
+            return self._generation
+
+    def late_finished(self) -> None:
+        with self._guard:
+            self._late = max(0, self._late - 1)
+
+    def _probe_locked(self) -> None:
+        if self._probing or self._closed:
+            return
+        self._probing = True
+        threading.Thread(target=_probe, args=(weakref.ref(self), os.getpid()),
+                         name=f"ringkit-probe-{self.name}", daemon=True).start()
+
+    def _probe_once(self) -> bool:
+        """Connect and PING; on a PONG within the timeout the link is usable again."""
+        try:
+            conn = _Conn(self)
+        except Exception:  # noqa: BLE001 - still down
+            return False
+        if not conn.ping(time.monotonic() + self.timeout):
+            conn.close()
+            return False
+        with self._guard:
+            if self._pid == os.getpid() and not self._closed:
+                self._suspect = False
+                self._idle.append(conn)
+                return True
+        conn.close()
+        return True
+
+    def _wanted(self) -> bool:
+        """Whether a probe should go on (caller holds the guard)."""
+        return not self._closed and (self._suspect or not self._idle)
+
+    def revive(self) -> None:
+        """Forget that the server failed: the next round connects to it at once (for calls
+        that must reach every server, such as initialize())."""
+        with self._guard:
+            self._suspect = False
+            self._closed = False
+
+    @property
+    def skipped(self) -> bool:
+        """Whether a round would skip this server now."""
+        return self._suspect or (not self._idle and self._late > 0
+                                 and (self._late >= _MAX_LATE or not self._fast))
+
+    def close(self) -> None:
+        """Close every connection: the idle ones now, the ones owed late replies as soon as
+        the late reader sees them (they are never reused). A later round reconnects."""
+        with self._guard:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+            self._closed = True
+            self._suspect = False
+        for conn in idle:
+            conn.close()
+        _REAPER.close_link(self)
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name} idle={len(self._idle)} late={self._late}>"
+
+
+def _probe(ref: weakref.ReferenceType[Link], pid: int) -> None:
+    """Warm up a connection to a server that failed or owes late replies: connect and PING,
+    with a backoff, until it answers, the link is closed, it has an idle connection again, or
+    nothing refers to the link any more."""
+    wait = 0.0
+    while True:
+        if wait:
+            time.sleep(wait)
+        link = ref()
+        if link is None or os.getpid() != pid:
+            return
+        with link._guard:
+            if not link._wanted():
+                link._probing = False
+                return
+        if link._probe_once():
+            with link._guard:
+                link._probing = False
+            return
+        wait = min(max(wait * 2, _PROBE_FIRST), max(link.timeout, _PROBE_FIRST))
+        del link
+
+
+class Call:
+    """One server's part of a round: `commands` sent together on one connection, their replies
+    read back in order. Error replies come back as exception objects in their slot; a script
+    missing from the server's cache (NOSCRIPT) is loaded from `scripts` ({sha: source}) and
+    only the commands that failed with NOSCRIPT are sent again.
+
+    ``late`` is called with the replies when they come after the round ended (see the module
+    docs); ``late_for`` is how long after the call's start its late replies are still waited
+    for (default: the link's timeout); then the connection is closed.
+
+    After the round, ``state`` says what the round saw: "ok" (``replies`` complete), "failed"
+    (``error``) or "late" (the round was decided before the replies came; they go to the late
+    handler). Only the round's thread reads ``replies`` of a call that is "ok".
     """
 
-    def __init__(self, client: Any, commands: Sequence[tuple[Any, ...]],
-                 scripts: dict[str, str] | None = None) -> None:
-        self._client = client
-        self._commands = list(commands)
-        self._scripts = scripts or {}
-        self._conn: Any = None
-        self._held: _Held | None = None
+    __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "must", "replies",
+                 "error", "conn", "deadline", "started", "state", "connecting", "_owed",
+                 "_retry", "_extra", "_late_ran", "_gen")
 
-    def send(self) -> Batch:
-        pool = self._client.connection_pool
-        held = _held_for(self._client)
-        if held is not None and held.lock.acquire(blocking=False):
-            pid = os.getpid()
-            if held.conn is None or held.pid != pid:   # first use, or a forked child
-                held.conn = pool.make_connection()
-                held.pid = pid
-            conn = held.conn
-            try:
-                try:
-                    # Readable between rounds means closed by the server (or stray data): start
-                    # over on a fresh socket, as the pool does when it hands out a connection.
-                    if conn._sock is not None and conn.can_read(timeout=0):
-                        conn.disconnect()
-                    conn.send_packed_command([pack(self._commands)], check_health=False)
-                except (ConnectionError, OSError, _redis_errors()):
-                    # The kept connection may have gone stale (server restarted): once more
-                    # on a fresh socket before calling the server dead.
-                    conn.disconnect()
-                    conn.send_packed_command([pack(self._commands)], check_health=False)
-            except BaseException:
-                conn.disconnect()
-                held.lock.release()
-                raise
-            self._conn, self._held = conn, held
-            return self
-        conn = pool.get_connection()
+    def __init__(self, link: Link, commands: Sequence[tuple[Any, ...]],
+                 scripts: dict[str, str] | None = None, late: Late | None = None,
+                 late_for: float | None = None) -> None:
+        self.link = link
+        self.commands = commands
+        self.scripts = scripts
+        self.late = late
+        self.late_for = late_for
+        self.limit: float | None = None       # a deadline shorter than the link's timeout
+        self.must = False                     # never skip the server (not a quorum round)
+        self.replies: list[Any] = []
+        self.error: BaseException | None = None
+        self.conn: _Conn | None = None
+        self.deadline = 0.0
+        self.started = 0.0
+        self.state: str | None = None
+        self.connecting = False               # waits for a new connection (made after sends)
+        self._owed = 0                        # replies still to read on the connection
+        self._retry: list[int] | None = None  # indices sent again after a script load
+        self._extra: list[Any] = []           # replies to the script loads and resent commands
+        self._late_ran = False
+        self._gen = 0
+
+    @property
+    def ok(self) -> bool:
+        """Every reply read (during the round)."""
+        return self.conn is None and self.error is None and not self.connecting
+
+    def start(self, now: float) -> None:
+        """Send on a warm connection; a call that needs a new one is left ``connecting``."""
+        self.started = now
+        link = self.link
+        self.deadline = now + (link.timeout if self.limit is None
+                               else min(link.timeout, self.limit))
+        taken = link.take(self.must)
+        if taken is _SKIP:
+            self.error = _connection_error(
+                f"{link.name}: skipped (it has not answered an earlier call yet, or failed and "
+                f"is being probed)")
+            return
+        if taken is _CONNECT:
+            self.connecting = True
+            return
+        assert isinstance(taken, _Conn)
         try:
-            conn.send_packed_command([pack(self._commands)], check_health=False)
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        self._conn, self._held = conn, None
-        return self
+            taken.send(pack(self.commands))
+        except Exception:  # noqa: BLE001
+            # The connection went stale between rounds (server restarted): a new one.
+            self.connecting = True
+            return
+        self.conn = taken
+        self._owed = len(self.commands)
 
-    def replies(self) -> list[Any]:
-        from redis.exceptions import NoScriptError, ResponseError
+    def connect(self) -> None:
+        """Make the new connection (within the call's deadline) and send."""
+        self.connecting = False
+        try:
+            conn = self.link.connect(self.deadline - time.monotonic())
+            conn.send(pack(self.commands))
+        except Exception as exc:  # noqa: BLE001 - counted against the quorum
+            self.link.failed()
+            self.error = exc
+            return
+        self.conn = conn
+        self._owed = len(self.commands)
 
-        conn, held = self._conn, self._held
+    def pump(self, *, retry_scripts: bool = True) -> bool:
+        """Read what the socket has; True once nothing more is owed (or the call failed)."""
+        conn = self.conn
         if conn is None:
-            raise RuntimeError("Batch.replies() before send()")
-        self._conn = self._held = None
-        out: list[Any] = []
+            return True
         try:
-            for _ in self._commands:
+            conn.recv()
+            return self._collect(retry_scripts)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(exc)
+            return True
+
+    def _collect(self, retry_scripts: bool) -> bool:
+        conn = self.conn
+        assert conn is not None
+        gets = conn.reader.gets
+        n = len(self.commands)
+        while self._owed:
+            reply = gets()
+            if reply is _MISSING:
+                return False
+            self._owed -= 1
+            if len(self.replies) < n:
+                self.replies.append(reply)
+            elif self._retry is not None and len(self._extra) < len(self.scripts or ()) + len(
+                    self._retry):
+                self._extra.append(reply)
+            # else: the reply to a late follow-up, dropped
+        if self._retry is not None and self._extra:
+            again = self._extra[len(self.scripts or ()):]
+            for index, reply in zip(self._retry, again):
+                self.replies[index] = reply
+            self._extra = []
+        elif retry_scripts and self.scripts and self._retry is None:
+            missing = [i for i, r in enumerate(self.replies) if _is_noscript(r)]
+            if missing:
+                self._retry = missing
+                resend = [("SCRIPT", "LOAD", source) for source in self.scripts.values()]
+                resend += [self.commands[i] for i in missing]
+                self._owed = len(resend)
+                conn.send(pack(resend))
+                return self._collect(retry_scripts)
+        return True
+
+    def follow_up(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Send more commands on this call's connection; their replies are read and dropped."""
+        assert self.conn is not None
+        self._owed += len(commands)
+        self.conn.send(pack(commands))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.error is None:
+            self.error = exc
+        self.link.failed()
+
+    def finish(self) -> None:
+        """Give the connection back (every reply was read)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.link.give(conn)
+
+    def result(self) -> list[Any]:
+        """The replies; raises what the call failed with (or a timeout, if still owed)."""
+        if self.error is not None:
+            raise self.error
+        if self.state == "late" or self.conn is not None:
+            raise _timeout_error(f"{self.link.name}: the round ended before its reply")
+        return self.replies
+
+    def __repr__(self) -> str:
+        return f"<Call {self.link.name} {len(self.commands)} commands {self.state}>"
+
+
+def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> None:
+    """Run a round: send every call on a warm connection, make the new connections that are
+    needed (after those sends, in parallel, within the round's deadline), then read replies as
+    they come, until `decided()` is true, every call finished, or every call's deadline passed.
+    Replies already there when the round is decided are read too; calls still owed replies are
+    handed to the late reader. Afterwards each call's ``state`` is "ok", "failed" or "late"."""
+    now = time.monotonic()
+    for call in calls:
+        call.start(now)
+    connecting = [call for call in calls if call.connecting]
+    if len(connecting) == 1:
+        connecting[0].connect()
+    elif connecting:
+        threads = [threading.Thread(target=call.connect, daemon=True) for call in connecting]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    waiting = [call for call in calls if call.conn is not None]
+    late: list[Call] = []
+    overdue: list[Call] = []
+    if len(waiting) == 1 and len(calls) == 1:
+        if not _wait_one(waiting[0]):
+            overdue.append(waiting[0])
+    elif waiting:
+        late, overdue = _wait_many(waiting, decided)
+    for call in calls:
+        if call in late:
+            call.state = "late"
+        elif call in overdue:
+            call.error = _timeout_error(f"{call.link.name}: no reply within "
+                                        f"{call.deadline - call.started:.3g} s")
+            call.state = "failed"
+        else:
+            call.state = "ok" if call.error is None else "failed"
+    for call in overdue:
+        call.link.failed()
+        _REAPER.add(call)
+    for call in late:
+        _REAPER.add(call)
+
+
+def _wait_one(call: Call) -> bool:
+    """A round of one call: wait on its socket alone; False if its deadline passed."""
+    conn = call.conn
+    assert conn is not None
+    fd = conn.fd
+    while True:
+        left = call.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if (conn.ssl and conn.sock.pending()) or select.select([fd], [], [], left)[0]:
+            if call.pump():
+                call.finish()
+                return True
+
+
+def _wait_many(waiting: list[Call], decided: Callable[[], bool] | None
+               ) -> tuple[list[Call], list[Call]]:
+    poller = select.poll()
+    by_fd: dict[int, Call] = {}
+    for call in waiting:
+        assert call.conn is not None
+        by_fd[call.conn.fd] = call
+        poller.register(call.conn.fd, select.POLLIN)
+    overdue: list[Call] = []
+    while by_fd:
+        if decided is not None and decided():
+            break
+        now = time.monotonic()
+        soonest = min(call.deadline for call in by_fd.values())
+        if soonest <= now:
+            for fd, call in list(by_fd.items()):
+                if call.deadline <= now:
+                    del by_fd[fd]
+                    poller.unregister(fd)
+                    overdue.append(call)
+            continue
+        ready = _ssl_pending(by_fd) or poller.poll(max(1, int((soonest - now) * 1000) + 1))
+        for fd, _ in ready:
+            call = by_fd.get(fd)
+            if call is not None and call.pump():
+                del by_fd[fd]
+                poller.unregister(fd)
+                call.finish()
+    if by_fd:
+        # Decided: what already came is part of the outcome; the rest is late.
+        for fd, _ in _ssl_pending(by_fd) or poller.poll(0):
+            call = by_fd.get(fd)
+            if call is not None and call.pump():
+                del by_fd[fd]
+                call.finish()
+    return list(by_fd.values()), overdue
+
+
+def _ssl_pending(by_fd: dict[int, Call]) -> list[tuple[int, int]]:
+    return [(fd, select.POLLIN) for fd, call in by_fd.items()
+            if call.conn is not None and call.conn.ssl and call.conn.sock.pending()]
+
+
+class _Reaper:
+    """The late reader: one thread per process that reads the replies of calls whose round
+    ended without them, runs their late handlers, sends the follow-ups on the same connection,
+    and gives each connection back once it owes nothing (or closes it when the replies do not
+    come in time)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._incoming: list[tuple[Call, float]] = []
+        self._closing: list[Link] = []
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+
+    def _ensure(self) -> None:
+        # Caller holds the guard.
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        self._pid = os.getpid()
+        self._incoming = []
+        self._closing = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, args=(self._wake_r,),
+                                        name="ringkit-redis-late", daemon=True)
+        self._thread.start()
+
+    def add(self, call: Call) -> None:
+        if call.conn is None:
+            return
+        wait = call.late_for if call.late_for is not None else call.link.timeout
+        until = max(call.deadline, call.started + wait)
+        call._gen = call.link.late_started()
+        with self._guard:
+            self._ensure()
+            self._incoming.append((call, until))
+            self._wake()
+
+    def close_link(self, link: Link) -> None:
+        with self._guard:
+            if self._thread is None or self._pid != os.getpid():
+                return
+            self._closing.append(link)
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            assert self._wake_w is not None
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _run(self, wake: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(wake.fileno(), select.POLLIN)
+        calls: dict[int, tuple[Call, float]] = {}
+        while True:
+            now = time.monotonic()
+            timeout = -1
+            if calls:
+                soonest = min(min(u, c.deadline if c.state == "late" else u)
+                              for c, u in calls.values())
+                timeout = max(0, int((soonest - now) * 1000) + 1)
+            try:
+                events = poller.poll(timeout)
+            except InterruptedError:  # pragma: no cover
+                continue
+            for fd, _ in events:
+                if fd == wake.fileno():
+                    try:
+                        while wake.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                    with self._guard:
+                        incoming, self._incoming = self._incoming, []
+                        closing, self._closing = self._closing, []
+                    for call, until in incoming:
+                        assert call.conn is not None
+                        calls[call.conn.fd] = (call, until)
+                        poller.register(call.conn.fd, select.POLLIN)
+                    for link in closing:
+                        for cfd, (call, _) in list(calls.items()):
+                            if call.link is link:
+                                self._drop(poller, calls, cfd, close=True)
+                    continue
+                entry = calls.get(fd)
+                if entry is None:
+                    continue
+                call = entry[0]
                 try:
-                    out.append(conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            if held is not None:
-                held.lock.release()
+                    finished = call.pump()
+                    if finished and call.conn is not None and call.late is not None \
+                            and not call._late_ran:
+                        call._late_ran = True
+                        follow = self._run_late(call)
+                        if follow:
+                            call.follow_up(follow)
+                            finished = call._collect(False)
+                except Exception as exc:  # noqa: BLE001
+                    call.fail(exc)
+                    finished = True
+                if finished:
+                    self._drop(poller, calls, fd, close=False)
+            now = time.monotonic()
+            for fd, (call, until) in list(calls.items()):
+                if until <= now:
+                    log.debug("ringkit: %s never answered a late call; closing it", call.link.name)
+                    self._drop(poller, calls, fd, close=True)
+                elif call.deadline <= now and call.state == "late":
+                    call.state = "overdue"       # slower than its timeout: probe, then use
+                    call.link.failed()
+
+    @staticmethod
+    def _run_late(call: Call) -> Sequence[tuple[Any, ...]] | None:
+        assert call.late is not None
+        try:
+            return call.late(call.replies)
+        except Exception:  # noqa: BLE001 - a late handler must not stop the late reader
+            log.exception("ringkit: a late reply handler raised")
+            return None
+
+    @staticmethod
+    def _drop(poller: Any, calls: dict[int, tuple[Call, float]], fd: int, *, close: bool) -> None:
+        call, _ = calls.pop(fd)
+        try:
+            poller.unregister(fd)
+        except (KeyError, ValueError):  # pragma: no cover
+            pass
+        conn, call.conn = call.conn, None
+        link = call.link
+        if conn is not None:
+            if close:
+                conn.close()
             else:
-                self._client.connection_pool.release(conn)
-        if self._scripts and any(isinstance(r, NoScriptError) for r in out):
-            for source in self._scripts.values():
-                self._client.script_load(source)
-            return self.send().replies()
-        return out
+                link.give(conn, call._gen)
+        link.late_finished()
+
+
+_REAPER = _Reaper()
+
+
+def _after_fork_in_child() -> None:
+    global _REAPER
+    _REAPER = _Reaper()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------------------------------------------
+# Async transport
+
+
+class AsyncLink:
+    """:class:`Link` for asyncio: ringkit's own ``redis.asyncio`` connections to one server."""
+
+    def __init__(self, client: Any, timeout: float, name: str | None = None) -> None:
+        _require_redis()
+        self.client = client
+        self.timeout = float(timeout)
+        self.name = name or server_name(client)
+        self._class, self._kwargs, self._fast = _connection_kwargs(client, self.timeout,
+                                                                   asynchronous=True)
+        self._idle: list[Any] = []
+        self._late: set[asyncio.Task[Any]] = set()
+        self._suspect = False
+        self._probe: asyncio.Task[Any] | None = None
+        self._generation = 0
+
+    def new_connection(self) -> Any:
+        return self._class(**self._kwargs)
+
+    def take(self) -> Any:
+        if self._suspect:
+            self._start_probe()
+            return None
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.is_connected:
+                return conn
+        if len(self._late) >= _MAX_LATE:
+            return None
+        return self.new_connection()
+
+    def give(self, conn: Any, generation: int) -> None:
+        if generation == self._generation:
+            self._suspect = False
+            self._idle.append(conn)
+        else:
+            _close_soon(conn)
+
+    def failed(self) -> None:
+        self._suspect = True
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            return
+        try:
+            self._probe = asyncio.get_running_loop().create_task(self._probe_loop())
+        except RuntimeError:  # pragma: no cover - no loop running: the next call probes
+            self._probe = None
+
+    async def _probe_loop(self) -> None:
+        wait = _PROBE_FIRST
+        while self._suspect:
+            await asyncio.sleep(wait)
+            conn = self.new_connection()
+            try:
+                await asyncio.wait_for(self._ping(conn), self.timeout)
+            except Exception:  # noqa: BLE001 - still down
+                await _disconnect(conn)
+                wait = min(wait * 2, max(self.timeout, _PROBE_FIRST))
+                continue
+            self._suspect = False
+            self._idle.append(conn)
+
+    def revive(self) -> None:
+        self._suspect = False
+
+    @staticmethod
+    async def _ping(conn: Any) -> None:
+        await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n", check_health=False)
+        await conn.read_response()
+
+    @property
+    def skipped(self) -> bool:
+        return self._suspect or (not self._idle and len(self._late) >= _MAX_LATE)
+
+    async def aclose(self) -> None:
+        """Close every connection, and stop waiting for late replies."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for task in list(self._late):
+            task.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
+        for conn in idle:
+            await _disconnect(conn)
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
+
+
+async def _disconnect(conn: Any) -> None:
+    try:
+        await conn.disconnect()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _close_soon(conn: Any) -> None:
+    try:
+        asyncio.get_running_loop().create_task(_disconnect(conn))
+    except RuntimeError:  # pragma: no cover
+        pass
+
+
+class AsyncCall:
+    """:class:`Call` for asyncio: the same fields; ``run()`` is the whole call as a task."""
+
+    __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "replies", "error",
+                 "finished", "over", "started", "deadline", "state")
+
+    def __init__(self, link: AsyncLink, commands: Sequence[tuple[Any, ...]],
+                 scripts: dict[str, str] | None = None, late: Late | None = None,
+                 late_for: float | None = None) -> None:
+        self.link = link
+        self.commands = commands
+        self.scripts = scripts
+        self.late = late
+        self.late_for = late_for
+        self.limit: float | None = None
+        self.replies: list[Any] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self.over = False        # the round ended without this call's replies
+        self.started = 0.0
+        self.deadline = 0.0
+        self.state: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.error is None
+
+    def result(self) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        if self.state == "late" or not self.finished:
+            raise _timeout_error(f"{self.link.name}: the round ended before its reply")
+        return self.replies
+
+    async def run(self) -> None:
+        link = self.link
+        conn = link.take()
+        if conn is None:
+            self.error = _connection_error(
+                f"{link.name}: skipped (it has not answered an earlier call yet, or failed and "
+                f"is being probed)")
+            self.finished = True
+            return
+        generation = link._generation
+        try:
+            await self._exchange(conn, self.commands, self.replies)
+            if self.scripts:
+                missing = [i for i, r in enumerate(self.replies) if _is_noscript(r)]
+                if missing and not self.over:
+                    again: list[Any] = []
+                    resend = [("SCRIPT", "LOAD", s) for s in self.scripts.values()]
+                    resend += [self.commands[i] for i in missing]
+                    await self._exchange(conn, resend, again)
+                    for index, reply in zip(missing, again[len(self.scripts):]):
+                        self.replies[index] = reply
+            if self.over and self.late is not None:
+                follow = None
+                try:
+                    follow = self.late(self.replies)
+                except Exception:  # noqa: BLE001
+                    log.exception("ringkit: a late reply handler raised")
+                if follow:
+                    await self._exchange(conn, follow, [])
+        except BaseException as exc:
+            await _disconnect(conn)
+            if not self.finished:
+                self.error = exc if isinstance(exc, Exception) else _timeout_error(
+                    f"{link.name}: call cancelled")
+                link.failed()
+            self.finished = True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.finished = True
+        link.give(conn, generation)
+
+    @staticmethod
+    async def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]], out: list[Any]) -> None:
+        from redis.exceptions import ResponseError
+
+        await conn.send_packed_command(pack(commands), check_health=False)
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+
+
+async def gather_async(calls: Sequence[AsyncCall],
+                       decided: Callable[[], bool] | None = None) -> None:
+    """:func:`gather` for asyncio. The round itself is shielded from the caller's
+    cancellation: a cancelled caller leaves every call running to its end (late handlers
+    included), so a grant is never left behind unseen."""
+    loop = asyncio.get_running_loop()
+    now = time.monotonic()
+    tasks: dict[asyncio.Task[Any], AsyncCall] = {}
+    for call in calls:
+        call.started = now
+        call.deadline = now + (call.link.timeout if call.limit is None
+                               else min(call.link.timeout, call.limit))
+        task = loop.create_task(_bounded(call))
+        tasks[task] = call
+    pending = set(tasks)
+    try:
+        while pending:
+            if decided is not None and decided():
+                break
+            left = max(c.deadline for t, c in tasks.items() if t in pending) - time.monotonic()
+            if left <= 0:
+                break
+            done, pending = await asyncio.wait(pending, timeout=left,
+                                               return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        for task in pending:
+            if not tasks[task].finished:
+                _keep_late(tasks[task], task)
+        raise
+    now = time.monotonic()
+    for task, call in tasks.items():
+        # A call whose task has not been reaped yet may have read every reply already.
+        if call.finished or task not in pending:
+            call.state = "ok" if call.error is None else "failed"
+            continue
+        if now >= call.deadline and call.error is None:
+            call.error = _timeout_error(f"{call.link.name}: no reply within {call.link.timeout} s")
+            call.link.failed()
+        call.state = "failed" if call.error is not None else "late"
+        _keep_late(call, task)
+
+
+def _keep_late(call: AsyncCall, task: asyncio.Task[Any]) -> None:
+    call.over = True
+    link = call.link
+    link._late.add(task)
+    task.add_done_callback(link._late.discard)
+
+
+async def _bounded(call: AsyncCall) -> None:
+    wait = call.late_for if call.late_for is not None else call.link.timeout
+    until = max(call.deadline, call.started + wait)
+    try:
+        await asyncio.wait_for(call.run(), max(0.001, until - time.monotonic()))
+    except asyncio.TimeoutError:
+        if call.error is None:
+            call.error = _timeout_error(f"{call.link.name}: no reply within "
+                                        f"{call.link.timeout} s")
+        call.finished = True
+        call.link.failed()
+

@@ -8,6 +8,8 @@ builtin that code already catches for that kind of failure (``LookupError``, ``K
 
 from __future__ import annotations
 
+from typing import Any, Literal, NamedTuple
+
 __all__ = [
     "RingkitError",
     "EmptyRingError",
@@ -18,6 +20,8 @@ __all__ = [
     "LockNotOwnedError",
     "LockLostError",
     "LockQuorumError",
+    "PartialWriteError",
+    "WriteOutcome",
 ]
 
 
@@ -48,11 +52,54 @@ class QuorumError(RingkitError):
     """Fewer nodes than the quorum answered.
 
     ``failed`` maps each node that failed to the exception (or reason) it failed with.
+    ``outcome`` tells what became of a write: ``"failed"`` (nothing was written anywhere),
+    ``"unknown"`` (some replica may have stored it: a write that did not reach its quorum may
+    still become the visible value later, or be overwritten), or None for a read.
     """
 
-    def __init__(self, message: str, *, failed: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, *, failed: dict[str, object] | None = None,
+                 outcome: Literal["failed", "unknown"] | None = None) -> None:
         self.failed = dict(failed or {})
+        self.outcome = outcome
         super().__init__(message)
+
+
+class WriteOutcome(NamedTuple):
+    """What became of one key of a batch write: ``status`` is ``"acknowledged"`` (with its
+    ``version``), ``"failed"`` (nothing was written) or ``"unknown"`` (some replica may have
+    stored it; it may become visible later, or be overwritten)."""
+
+    status: Literal["acknowledged", "failed", "unknown"]
+    version: Any = None
+
+
+class PartialWriteError(QuorumError):
+    """A batch write (``put_many``) in which some keys did not reach their quorum.
+
+    ``outcomes`` maps every key of the batch to its :class:`WriteOutcome`; ``acknowledged``,
+    ``failed_keys`` and ``unknown_keys`` sort them.
+    """
+
+    def __init__(self, message: str, *, outcomes: dict[str, WriteOutcome],
+                 failed: dict[str, object] | None = None) -> None:
+        self.outcomes = dict(outcomes)
+        unknown = any(o.status == "unknown" for o in outcomes.values())
+        super().__init__(message, failed=failed, outcome="unknown" if unknown else "failed")
+
+    @property
+    def acknowledged(self) -> dict[str, Any]:
+        """Keys that were stored by a write quorum, with their versions."""
+        return {k: o.version for k, o in self.outcomes.items() if o.status == "acknowledged"}
+
+    @property
+    def failed_keys(self) -> list[str]:
+        """Keys that were written nowhere."""
+        return [k for k, o in self.outcomes.items() if o.status == "failed"]
+
+    @property
+    def unknown_keys(self) -> list[str]:
+        """Keys that some replica may have stored."""
+        return [k for k, o in self.outcomes.items() if o.status == "unknown"]
 
 
 class LockError(RingkitError):

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Grant", "LockBackend", "AsyncLockBackend", "Waiter", "AsyncWaiter", "drift",
-           "check_ttl", "check_name"]
+           "check_ttl", "check_name", "check_max_ttl", "TTL_LIMIT", "MIN_TTL"]
+
+# Bounds on every lease, whatever the backend: below MIN_TTL the drift allowance alone (2 ms)
+# eats the lease; above TTL_LIMIT (7 days) a lease is a configuration error, and a server that
+# restarted empty would stay quiet for as long (see RedisBackend's max_ttl).
+MIN_TTL = 0.005
+TTL_LIMIT = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -27,24 +33,43 @@ def drift(ttl: float) -> float:
     return ttl * 0.01 + 0.002
 
 
-def check_name(name: object) -> str:
+def check_name(name: object, argname: str = "name") -> str:
+    """A lock name: a non-empty str that encodes to UTF-8 (no lone surrogates)."""
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+        raise TypeError(f"{argname} must be a str, got {type(name).__name__}")
     if not name:
-        raise ValueError("name must be a non-empty str")
+        raise ValueError(f"{argname} must be a non-empty str")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{argname} must encode to UTF-8: {exc.reason} at position "
+                             f"{exc.start} ({name[:60]!r})") from None
     return name
 
 
-def check_ttl(ttl: object, argname: str = "ttl") -> float:
+def check_ttl(ttl: object, argname: str = "ttl", limit: float = TTL_LIMIT) -> float:
+    """A lease length in seconds: finite, at least MIN_TTL, at most `limit`."""
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise TypeError(f"{argname} must be a number of seconds, got {type(ttl).__name__}")
-    value = float(ttl)
+    try:
+        value = float(ttl)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{argname} must be a finite number of seconds > 0, got {ttl!r}")
-    if value < 0.005:
-        raise ValueError(f"{argname} must be at least 0.005 s (the drift allowance alone is "
+        raise ValueError(f"{argname} must be a finite number of seconds > 0, got {ttl!r:.40}")
+    if value < MIN_TTL:
+        raise ValueError(f"{argname} must be at least {MIN_TTL} s (the drift allowance alone is "
                          f"2 ms), got {ttl!r}")
+    if value > limit:
+        raise ValueError(f"{argname} must be at most {limit:g} s (the backend's max_ttl; hold "
+                         f"longer with auto_renew=True), got {value:g}")
     return value
+
+
+def check_max_ttl(max_ttl: object) -> float:
+    """A backend's maximum lease: MIN_TTL up to TTL_LIMIT seconds."""
+    return check_ttl(max_ttl, "max_ttl")
 
 
 class Waiter(Protocol):
@@ -62,11 +87,12 @@ class AsyncWaiter(Protocol):
 
 @runtime_checkable
 class LockBackend(Protocol):
-    """Where locks live. Names are lock names; ``holder`` is a random id per acquisition.
+    """Where locks live. Names are lock names; ``holder`` is a random id per attempt.
 
     ``acquire`` returns a Grant, or None when another holder has the lock; it raises a
     LockQuorumError when too few servers answered. ``release``/``extend``/``owned`` return
-    False (``extend``: None) when `holder` no longer holds the lock.
+    False (``extend``: None) when `holder` no longer holds the lock. A backend may have a
+    ``max_ttl`` attribute: no lease (acquire or extend) may be longer.
     """
 
     def acquire(self, name: str, holder: str, ttl: float) -> Grant | None: ...

@@ -18,6 +18,7 @@ from typing import Any
 
 from ringkit.errors import LockError, LockLostError, LockNotOwnedError, QuorumError
 from ringkit.lock.base import (
+    TTL_LIMIT,
     AsyncLockBackend,
     Grant,
     LockBackend,
@@ -90,6 +91,13 @@ def _check_timeout(timeout: object, argname: str) -> float | None:
     return value
 
 
+def _max_ttl(backend: object) -> float:
+    limit = getattr(backend, "max_ttl", None)
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit:
+        return min(float(limit), TTL_LIMIT)
+    return TTL_LIMIT
+
+
 # A lock operation's steps: they yield operations and receive their results.
 Steps = Generator[tuple[Any, ...], Any, Any]
 
@@ -109,9 +117,11 @@ class _LockBase:
         on_event: Callable[[LockEvent], object] | None,
         retry_interval: float | None,
         clock: Callable[[], float],
+        max_ttl: float,
     ) -> None:
         self.name = check_name(name)
-        self.ttl = check_ttl(ttl)
+        self._max_ttl = max_ttl
+        self.ttl = check_ttl(ttl, limit=max_ttl)
         self.auto_renew = bool(auto_renew)
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be callable or None")
@@ -223,13 +233,15 @@ class _LockBase:
                 raise LockError(f"lock {self.name!r} is already held by this "
                                 f"{type(self).__name__} object (locks are not reentrant)",
                                 lock_name=self.name)
-        holder = secrets.token_hex(16)
         start = self._clock()
         deadline = None if limit is None else start + limit
         quorum_limit = deadline if deadline is not None else start + self.ttl
         waiter = None
         try:
             while True:
+                # A holder id per attempt: a late release of an abandoned attempt's grant can
+                # never delete the lease of a later attempt.
+                holder = secrets.token_hex(16)
                 try:
                     grant = yield ("acquire", holder)
                 except QuorumError as exc:
@@ -268,7 +280,7 @@ class _LockBase:
         self._emit("released", token)
 
     def _extend_steps(self, ttl: float | None) -> Steps:
-        new_ttl = self.ttl if ttl is None else check_ttl(ttl)
+        new_ttl = self.ttl if ttl is None else check_ttl(ttl, limit=self._max_ttl)
         holder = self._check_held()
         validity = yield ("extend", holder, new_ttl)
         if validity is None:
@@ -407,9 +419,6 @@ class Lock(_LockBase):
         retry_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(name, ttl=ttl, auto_renew=auto_renew, on_lost=on_lost,
-                         blocking_timeout=blocking_timeout, max_renewals=max_renewals,
-                         on_event=on_event, retry_interval=retry_interval, clock=clock)
         if backend is None:
             backend = default_backend()
         elif not isinstance(backend, LockBackend) or inspect.iscoroutinefunction(backend.acquire):
@@ -419,6 +428,10 @@ class Lock(_LockBase):
                             + (" (an async backend: use AsyncLock with it)"
                                if inspect.iscoroutinefunction(getattr(backend, "acquire", None))
                                else ""))
+        super().__init__(name, ttl=ttl, auto_renew=auto_renew, on_lost=on_lost,
+                         blocking_timeout=blocking_timeout, max_renewals=max_renewals,
+                         on_event=on_event, retry_interval=retry_interval, clock=clock,
+                         max_ttl=_max_ttl(backend))
         self.backend = backend
         self._stop_renewal: threading.Event | None = None
 
@@ -540,9 +553,6 @@ class AsyncLock(_LockBase):
         retry_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(name, ttl=ttl, auto_renew=auto_renew, on_lost=on_lost,
-                         blocking_timeout=blocking_timeout, max_renewals=max_renewals,
-                         on_event=on_event, retry_interval=retry_interval, clock=clock)
         if backend is None:
             backend = _default_async_backend()
         elif not isinstance(backend, AsyncLockBackend) \
@@ -550,6 +560,10 @@ class AsyncLock(_LockBase):
             # Awaiting a sync backend's Grant would fail after the lease was already taken.
             raise TypeError(f"backend must be an async lock backend (AsyncMemoryBackend, "
                             f"AsyncRedisBackend), got {type(backend).__name__}")
+        super().__init__(name, ttl=ttl, auto_renew=auto_renew, on_lost=on_lost,
+                         blocking_timeout=blocking_timeout, max_renewals=max_renewals,
+                         on_event=on_event, retry_interval=retry_interval, clock=clock,
+                         max_ttl=_max_ttl(backend))
         self.backend = backend
         self._renewal: asyncio.Task[None] | None = None
 

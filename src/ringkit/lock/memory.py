@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from ringkit.lock.base import Grant, check_name, check_ttl, drift
+from ringkit.lock.base import TTL_LIMIT, Grant, check_max_ttl, check_name, check_ttl, drift
 
 __all__ = ["MemoryBackend", "AsyncMemoryBackend"]
 
@@ -33,11 +33,14 @@ class MemoryBackend:
 
     Thread safe. ``clock`` (default ``time.monotonic``) can be replaced to test expiry without
     sleeping. ``Lock(name)`` without a backend uses one MemoryBackend shared by the process.
+    ``max_ttl`` (default 7 days) bounds every lease, as it does on Redis.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 max_ttl: float = TTL_LIMIT) -> None:
         if not callable(clock):
             raise TypeError("clock must be a callable returning seconds")
+        self.max_ttl = check_max_ttl(max_ttl)
         self._clock = clock
         self._held: dict[str, tuple[str, float]] = {}   # name -> (holder, expires at)
         self._fences: dict[str, int] = {}
@@ -55,7 +58,7 @@ class MemoryBackend:
 
     def acquire(self, name: str, holder: str, ttl: float) -> Grant | None:
         check_name(name)
-        ttl = check_ttl(ttl)
+        ttl = check_ttl(ttl, limit=self.max_ttl)
         with self._changed:
             now = self._clock()
             if self._holder(name, now) is not None:
@@ -74,7 +77,7 @@ class MemoryBackend:
             return True
 
     def extend(self, name: str, holder: str, ttl: float) -> float | None:
-        ttl = check_ttl(ttl)
+        ttl = check_ttl(ttl, limit=self.max_ttl)
         with self._changed:
             now = self._clock()
             if self._holder(name, now) != holder:
@@ -108,8 +111,10 @@ class _MemoryWaiter:
 class AsyncMemoryBackend:
     """The embedded backend for :class:`ringkit.lock.AsyncLock`: one event loop's memory."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._sync = MemoryBackend(clock=clock)
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 max_ttl: float = TTL_LIMIT) -> None:
+        self._sync = MemoryBackend(clock=clock, max_ttl=max_ttl)
+        self.max_ttl = self._sync.max_ttl
         # One event per waiting call, made inside its own event loop: an Event kept per name
         # would stay bound to the first loop that waited on it, and a later loop (the shared
         # default backend outlives asyncio.run) would get "bound to a different event loop".

@@ -1,8 +1,8 @@
 """Primary/replica replication over the ring: every key on its preference list, quorum writes
 and reads, read repair, hinted handoff, anti-entropy repair and rebalancing."""
 
-from ringkit.errors import QuorumError
-from ringkit.replication.base import Node, NodeDown, Record, Version
+from ringkit.errors import PartialWriteError, QuorumError, WriteOutcome
+from ringkit.replication.base import Node, NodeDown, NodeState, Record, Version
 from ringkit.replication.memory import MemoryNode
 from ringkit.replication.redis import RedisNode
 from ringkit.replication.store import (
@@ -16,6 +16,8 @@ __all__ = [
     "MemoryNode",
     "Node",
     "NodeDown",
+    "NodeState",
+    "PartialWriteError",
     "QuorumError",
     "Record",
     "RedisNode",
@@ -24,4 +26,5 @@ __all__ = [
     "ReplicationEvent",
     "Version",
     "VersionConflictError",
+    "WriteOutcome",
 ]

@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Version", "Record", "Node", "NodeDown", "Pending", "Done", "MARKER_READY",
-           "MARKER_RECOVERING"]
+__all__ = ["Version", "Record", "Node", "NodeDown", "NodeState", "Pending", "Done",
+           "MARKER_READY", "MARKER_RECOVERING", "MAX_COUNTER"]
 
-# Epoch marker states kept on every node (see ReplicatedStore: a node that lost its data does
-# not count towards any quorum until repair() has refilled it).
+# Epoch marker states kept on every node, as "<state>:<store id>:<epoch>" (see ReplicatedStore:
+# a node counts towards quorums only when its marker says it is ready and belongs to the store;
+# a node that lost its data does not count until repair() has refilled it).
 MARKER_READY = "ready"
 MARKER_RECOVERING = "recovering"
+
+# Version counters stay below 2**53: Redis Lua compares numbers as doubles.
+MAX_COUNTER = 2**53 - 1
+
+
+class NodeState(NamedTuple):
+    """What a node reports with every reply: its epoch marker (None when it has none: new, or
+    back without its data) and its version floor, the largest counter of any tombstone it
+    purged (new versions of a key it no longer holds must be above it)."""
+
+    marker: str | None
+    floor: int = 0
 
 
 class Version(NamedTuple):
@@ -45,10 +58,12 @@ class NodeDown(ConnectionError):
 
 
 class Pending(Protocol):
-    """A call that was sent and may still be running: ``result()`` waits for its answer
-    (the node's marker and the call's reply) or raises what it failed with."""
+    """A call that may still be running: ``result()`` waits for its answer (the node's state
+    and the call's reply) or raises what it failed with. A pending call of a node on the
+    network may also have a ``call`` attribute (a :class:`ringkit._redisio.Call`), which lets
+    the store wait on several nodes at once and end the round when its outcome is decided."""
 
-    def result(self) -> tuple[str | None, Any]: ...
+    def result(self) -> tuple[NodeState, Any]: ...
 
 
 class Done:
@@ -72,29 +87,34 @@ class Node(Protocol):
     client's own) when the node does not answer. Writes apply a record only when its version
     is newer than the stored one, so retries are idempotent.
 
-    ``marker`` is returned by every read and write: the node's epoch marker, None when the
-    node has no marker (a new node, or one that came back empty).
+    A :class:`NodeState` is returned by every read and write: the node's epoch marker (None
+    when the node has none: a new node, or one that came back empty) and its version floor.
     """
 
     name: str
 
     def submit(self, op: str, *args: Any) -> Pending:
-        """Start ``op`` ("read", "write" or "write_if", with that method's arguments) without
-        waiting for it, so that the store can ask several nodes at once."""
+        """Prepare ``op`` ("read", "write" or "write_if", with that method's arguments) so that
+        the store can ask several nodes at once."""
 
-    def read(self, keys: Sequence[str]) -> tuple[str | None, list[Record | None]]: ...
+    def read(self, keys: Sequence[str]) -> tuple[NodeState, list[Record | None]]: ...
 
-    def write(self, records: Sequence[Record]) -> tuple[str | None, list[bool]]:
+    def write(self, records: Sequence[Record]) -> tuple[NodeState, list[bool]]:
         """Apply each record whose version is newer than the stored one; for each record,
         whether it was applied (False: the node already had that version or a newer one)."""
 
     def write_if(self, pairs: Sequence[tuple[Record, Version | None]]
-                 ) -> tuple[str | None, list[bool]]:
+                 ) -> tuple[NodeState, list[bool]]:
         """Apply each record only if the stored version is exactly its `expected` (None:
-        absent); for each, whether it was applied."""
+        absent, and the record's counter above the node's floor); for each, whether it was
+        applied."""
 
     def remove(self, records: Sequence[Record]) -> None:
-        """Delete the given keys where they still hold exactly the given versions."""
+        """Purge the given keys where they still hold exactly the given versions, raising the
+        node's floor to their counters in the same step."""
+
+    def raise_floor(self, floor: int) -> None:
+        """Raise the node's version floor to at least `floor`."""
 
     def scan(self, count: int) -> Iterator[list[str]]: ...
 

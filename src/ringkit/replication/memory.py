@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ringkit.replication.base import Done, NodeDown, Record, Version
+from ringkit.replication.base import Done, NodeDown, NodeState, Record, Version
 
 __all__ = ["MemoryNode"]
 
@@ -17,7 +17,10 @@ class MemoryNode:
 
     Fault injection: :meth:`kill` makes every call raise :class:`NodeDown` until
     :meth:`revive`; ``revive(empty=True)`` brings it back without its data (and without its
-    epoch marker), as a server restarted without persistence would come back.
+    epoch marker and floor), as a server restarted without persistence would come back.
+
+    A MemoryNode is new by construction (:meth:`is_new`): a store counts it at once, where a
+    Redis node without a marker needs ``ReplicatedStore.initialize()`` or a ``repair()``.
     """
 
     # The store calls an in-process node's methods directly instead of through submit().
@@ -29,7 +32,10 @@ class MemoryNode:
         self._items: dict[str, Record] = {}
         self._hints: dict[str, dict[str, Record]] = {}
         self._marker: str | None = None
+        self._floor = 0
+        self._members: set[str] = set()
         self._down = False
+        self._new = True      # never revived empty: nothing it ever acknowledged was lost
 
     # -- fault injection --------------------------------------------------------------------------
 
@@ -46,10 +52,20 @@ class MemoryNode:
                 self._items.clear()
                 self._hints.clear()
                 self._marker = None
+                self._floor = 0
+                self._members = set()
+                self._new = False
 
     def _check(self) -> None:
         if self._down:
             raise NodeDown(f"{self.name} is down")
+
+    def is_new(self) -> bool:
+        """True until the node was revived empty: it cannot have lost an acknowledged write."""
+        return self._new
+
+    def _state(self) -> NodeState:
+        return NodeState(self._marker, self._floor)
 
     # -- the node interface -----------------------------------------------------------------------
 
@@ -59,12 +75,12 @@ class MemoryNode:
         except Exception as exc:  # noqa: BLE001 - delivered by result()
             return Done(error=exc)
 
-    def read(self, keys: Sequence[str]) -> tuple[str | None, list[Record | None]]:
+    def read(self, keys: Sequence[str]) -> tuple[NodeState, list[Record | None]]:
         with self._lock:
             self._check()
-            return self._marker, [self._items.get(k) for k in keys]
+            return self._state(), [self._items.get(k) for k in keys]
 
-    def write(self, records: Sequence[Record]) -> tuple[str | None, list[bool]]:
+    def write(self, records: Sequence[Record]) -> tuple[NodeState, list[bool]]:
         with self._lock:
             self._check()
             applied = []
@@ -75,10 +91,10 @@ class MemoryNode:
                     applied.append(True)
                 else:
                     applied.append(False)
-            return self._marker, applied
+            return self._state(), applied
 
     def write_if(self, pairs: Sequence[tuple[Record, Version | None]]
-                 ) -> tuple[str | None, list[bool]]:
+                 ) -> tuple[NodeState, list[bool]]:
         with self._lock:
             self._check()
             applied = []
@@ -86,12 +102,13 @@ class MemoryNode:
                 current = self._items.get(record.key)
                 found = None if current is None else current.version
                 if found != expected or (current is not None
-                                         and record.version <= current.version):
+                                         and record.version <= current.version) \
+                        or (current is None and record.version.counter <= self._floor):
                     applied.append(False)
                 else:
                     self._items[record.key] = record
                     applied.append(True)
-            return self._marker, applied
+            return self._state(), applied
 
     def remove(self, records: Sequence[Record]) -> None:
         with self._lock:
@@ -100,6 +117,15 @@ class MemoryNode:
                 current = self._items.get(record.key)
                 if current is not None and current.version == record.version:
                     del self._items[record.key]
+                    self._floor = max(self._floor, record.version.counter)
+
+    def raise_floor(self, floor: int) -> None:
+        with self._lock:
+            self._check()
+            self._floor = max(self._floor, int(floor))
+
+    def close(self) -> None:
+        """Nothing to close (the same interface as RedisNode)."""
 
     def scan(self, count: int) -> Iterator[list[str]]:
         with self._lock:
@@ -120,6 +146,16 @@ class MemoryNode:
         with self._lock:
             self._check()
             return self._marker
+
+    def members(self) -> set[str]:
+        with self._lock:
+            self._check()
+            return set(self._members)
+
+    def add_members(self, names: Sequence[str]) -> None:
+        with self._lock:
+            self._check()
+            self._members.update(names)
 
     def add_hints(self, target: str, records: Sequence[Record]) -> None:
         with self._lock:

@@ -49,26 +49,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 # -- Redis servers (lock and replication tests) ---------------------------------------------------
-# tests/redis_procs.py is a helper module, not a test file. Under --import-mode=importlib the tests
-# folder is not on sys.path, so it is loaded here once, by path, and registered as ``redis_procs``:
-# test files can then ``import redis_procs`` (conftest.py is always imported before them).
+# tests/redis_procs.py and tests/netproxy.py are helper modules, not test files. Under
+# --import-mode=importlib the tests folder is not on sys.path, so they are loaded here once, by
+# path, and registered under their names: test files can then ``import redis_procs`` or
+# ``import netproxy`` (conftest.py is always imported before them).
 
 
-def _load_redis_procs():  # type: ignore[no-untyped-def]
+def _load_helper(name: str):  # type: ignore[no-untyped-def]
+    """Load tests/<name>.py by path, once, and register it as module `name`."""
     import importlib.util
 
-    if "redis_procs" in sys.modules:
-        return sys.modules["redis_procs"]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redis_procs.py")
-    spec = importlib.util.spec_from_file_location("redis_procs", path)
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["redis_procs"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-redis_procs = _load_redis_procs()
+redis_procs = _load_helper("redis_procs")
+netproxy = _load_helper("netproxy")
+
+
+@pytest.fixture
+def proxy():  # type: ignore[no-untyped-def]
+    """A netproxy.Proxy (one proxy process, any number of links); closed, its pid gone, when
+    the test ends."""
+    with netproxy.Proxy() as p:
+        yield p
 
 
 @pytest.fixture

@@ -350,6 +350,7 @@ def test_fault_workload_on_redis_servers(redis_servers, tmp_path: Path) -> None:
     servers = redis_servers(5)
     urls = {f"r{i}": server.url for i, server in enumerate(servers)}
     injector, nodes = redis_store(urls, "f0")
+    assert sorted(injector.initialize()) == sorted(urls)
     local, _ = redis_store(urls, "a0")
     checker = Checker()
     workers = [start_worker(tmp_path, urls, f"b{i}", seed=i + 1) for i in range(2)]
@@ -427,6 +428,157 @@ def test_fault_workload_on_redis_servers(redis_servers, tmp_path: Path) -> None:
     # Both processes' writers and this process's threads were acknowledged.
     writers = {w[5].split(".")[0] for w in checker.log["writes"]}
     assert writers == {"a0", "b0", "b1"}
+
+
+# -- the partition nemesis ------------------------------------------------------------------------
+
+NEMESIS_SECONDS = float(os.environ.get("RINGKIT_NEMESIS_SECONDS", "25"))
+NEMESIS_SEED = int(os.environ.get("RINGKIT_NEMESIS_SEED",
+                                  str(random.SystemRandom().randrange(2**31))))
+
+
+class ReplicationNemesis:
+    """A randomised schedule over 5 servers and every writer's links to them: SIGKILL and a
+    restart empty (refilled by repair() before the next loss of data: two nodes that lose the
+    only copies of a write are beyond what replicas=3, W=2 tolerates), restart empty at once,
+    SIGSTOP, and per-link blackholes (one direction or both), delays and resets."""
+
+    def __init__(self, rng: random.Random, servers: list[Any], links: list[Any],
+                 injector: ReplicatedStore, checker: Checker) -> None:
+        self.rng = rng
+        self.servers = servers
+        self.links = links
+        self.injector = injector
+        self.checker = checker
+
+    def step(self) -> None:
+        rng, faults = self.rng, self.checker.faults
+        kind = rng.choice(["kill", "restart", "chain", "chain", "pause", "pause", "blackhole",
+                           "blackhole", "delay", "reset"])
+        index = rng.randrange(len(self.servers))
+        server = self.servers[index]
+        if kind in ("kill", "restart"):
+            server.kill()
+            if kind == "kill":
+                time.sleep(rng.uniform(0.05, 0.6))
+            server.restart()
+            faults["SIGKILL, restart empty, repair()" if kind == "kill"
+                   else "restart empty at once, repair()"] += 1
+            time.sleep(rng.uniform(0.0, 1.0))       # in use, back empty, before its repair
+            repair_until_up(self.injector, f"r{index}")
+        elif kind == "chain":
+            # Still one node down at a time, but chained so that the empty node matters: one
+            # replica misses writes, another comes back empty, and before repair() a third is
+            # away. Keys on all three have one counted replica left and a stale one: they must
+            # refuse, not read the empty and the stale replica.
+            stale, other = rng.sample([s for i, s in enumerate(self.servers) if i != index], 2)
+            stale.pause()
+            time.sleep(rng.uniform(0.3, 1.0))
+            stale.resume()
+            server.kill()
+            server.restart()
+            other.pause()
+            time.sleep(rng.uniform(0.3, 1.0))
+            other.resume()
+            faults["SIGSTOP, SIGCONT"] += 2
+            faults["SIGKILL, restart empty, repair()"] += 1
+            self.checker.chains += 1
+            repair_until_up(self.injector, f"r{index}")
+        elif kind == "pause":
+            server.pause()
+            time.sleep(rng.uniform(0.1, 1.0))
+            server.resume()
+            faults["SIGSTOP, SIGCONT"] += 1
+        elif kind in ("blackhole", "delay"):
+            chosen = rng.sample(self.links, rng.randint(1, max(1, len(self.links) // 4)))
+            direction = rng.choice(["up", "down", "both"])
+            for link in chosen:
+                if kind == "blackhole":
+                    link.blackhole(direction)
+                else:
+                    link.delay(rng.uniform(5, 500), direction)
+            time.sleep(rng.uniform(0.1, 1.0))
+            for link in chosen:
+                link.heal()
+            faults[f"{kind} {direction} (links)"] += len(chosen)
+        else:
+            link = rng.choice(self.links)
+            link.reset()
+            time.sleep(rng.uniform(0.0, 0.2))
+            link.heal()
+            faults["reset (link)"] += 1
+        time.sleep(rng.uniform(0.05, 0.3))
+
+    def heal(self) -> None:
+        for server in self.servers:
+            if server.paused:
+                server.resume()
+        for link in self.links:
+            link.heal()
+
+
+@pytest.mark.redis
+@pytest.mark.signals
+@pytest.mark.slow
+def test_replication_history_under_the_nemesis(redis_servers, proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Writers in two processes and this one, each through its own proxied links, under the
+    random schedule above; then the checker over the whole history (see the module docs)."""
+    seed = NEMESIS_SEED
+    rng = random.Random(seed)
+    servers = redis_servers(5)
+    urls = {f"r{i}": server.url for i, server in enumerate(servers)}
+    injector, nodes = redis_store(urls, "f0")
+    assert sorted(injector.initialize()) == sorted(urls)
+    links: list[Any] = []
+
+    def proxied() -> dict[str, str]:
+        mine = {name: proxy.link(server.port) for name, server in zip(urls, servers)}
+        links.extend(mine.values())
+        return {name: link.url for name, link in mine.items()}
+
+    local, _ = redis_store(proxied(), "a0")
+    checker = Checker()
+    workers = [start_worker(tmp_path, proxied(), f"b{i}", seed=seed + i) for i in range(2)]
+    log = new_log()
+    done = threading.Event()
+    threads = [threading.Thread(target=run_writer,
+                                args=(local, f"a0.{j}", done.is_set, seed * 10 + j, log))
+               for j in range(2)]
+    nemesis = ReplicationNemesis(rng, servers, links, injector, checker)
+    try:
+        deadline = time.monotonic() + 60.0
+        while not all(Path(files["ready"]).exists() for _, files in workers):
+            for process, files in workers:
+                assert process.poll() is None, Path(files["log"]).read_text()
+            assert time.monotonic() < deadline, "writer processes did not start"
+            time.sleep(0.05)
+        for t in threads:
+            t.start()
+        end = time.monotonic() + NEMESIS_SECONDS
+        while time.monotonic() < end:
+            nemesis.step()
+    finally:
+        nemesis.heal()
+        done.set()
+        (tmp_path / "stop").touch()
+        for t in threads:
+            t.join()
+        for process, _ in workers:
+            try:
+                process.wait(60.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    for process, files in workers:
+        assert process.returncode == 0, Path(files["log"]).read_text()
+        checker.add(json.loads(Path(files["out"]).read_text()))
+    checker.add(log)
+    counts = checker.check(*converge(injector, nodes))
+    Checker.report(f"replication nemesis, 5 redis-servers, proxied links, seed {seed} "
+                   f"(replay with RINGKIT_NEMESIS_SEED={seed}):", counts)
+    checker.assert_clean(counts)
+    assert counts["writes acknowledged"] > 200 and counts["reads"] > 100
+    assert counts["faults injected"] >= 10
 
 
 if __name__ == "__main__":

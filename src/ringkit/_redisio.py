@@ -48,6 +48,7 @@ log = logging.getLogger("ringkit.redis")
 Late = Callable[[list[Any]], Sequence[tuple[Any, ...]] | None]
 
 _MISSING = object()          # hiredis' "not enough data yet"
+_FORKS = 0                   # bumped in a forked child: connections of the parent are not used
 _PROBE_FIRST = 0.02          # seconds before the first reconnection probe; doubles up to timeout
 _MAX_LATE = 8                # connections of one server owed late replies before rounds skip it
 _LINKS: weakref.WeakSet[Link] = weakref.WeakSet()
@@ -166,10 +167,16 @@ def _timeout_error(message: str) -> Exception:
     return RedisTimeoutError(message)
 
 
-def _is_noscript(reply: Any) -> bool:
-    from redis.exceptions import NoScriptError
+_NOSCRIPT: Any = None
 
-    return isinstance(reply, NoScriptError)
+
+def _is_noscript(reply: Any) -> bool:
+    global _NOSCRIPT
+    if _NOSCRIPT is None:
+        from redis.exceptions import NoScriptError
+
+        _NOSCRIPT = NoScriptError
+    return isinstance(reply, _NOSCRIPT)
 
 
 def _connection_kwargs(client: Any, timeout: float, *, asynchronous: bool
@@ -219,7 +226,7 @@ def server_name(client: Any) -> str:
 class _Conn:
     """One socket to a server, opened by redis-py (handshake included), read with hiredis."""
 
-    __slots__ = ("link", "redis", "sock", "fd", "reader", "buf", "ssl")
+    __slots__ = ("link", "redis", "sock", "fd", "reader", "buf", "ssl", "poller")
 
     def __init__(self, link: Link, timeout: float | None = None) -> None:
         self.link = link
@@ -229,14 +236,20 @@ class _Conn:
         if timeout is not None:
             self.sock.settimeout(link.timeout)
         self.fd = self.sock.fileno()
+        self.poller = select.poll() if hasattr(select, "poll") else None
+        if self.poller is not None:
+            self.poller.register(self.fd, select.POLLIN)
         self.reader = _new_reader()
         self.buf = bytearray(65536)
         self.ssl = hasattr(self.sock, "pending")
 
     def readable(self) -> bool:
+        """Whether the socket has data or was closed (between rounds: a stale connection)."""
         if self.ssl and self.sock.pending():
             return True
-        return bool(select.select([self.fd], [], [], 0)[0])
+        if self.poller is None:  # pragma: no cover - no poll() (Windows)
+            return bool(select.select([self.fd], [], [], 0)[0])
+        return bool(self.poller.poll(0))
 
     def send(self, data: bytes) -> None:
         try:
@@ -304,6 +317,7 @@ class Link:
 
     def _reset(self, pid: int) -> None:
         self._pid = pid
+        self._forks = _FORKS
         self._idle: list[_Conn] = []
         self._late = 0              # connections handed to the late reader
         self._suspect = False       # its last call failed or timed out: probe before use
@@ -327,7 +341,7 @@ class Link:
         from it (AUTH, SELECT, TLS: a paused server would stall the round). A connection is
         then warmed up in the background. With `must` (a call to this one server, not a quorum
         round) it is never skipped."""
-        if self._pid != os.getpid():
+        if self._forks != _FORKS:
             with self._guard:
                 self._reset(os.getpid())   # the parent's sockets are the parent's
         while True:
@@ -475,7 +489,7 @@ class Call:
     """
 
     __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "must", "replies",
-                 "error", "conn", "deadline", "started", "state", "connecting", "_owed",
+                 "error", "conn", "deadline", "started", "state", "connecting", "sent", "_owed",
                  "_retry", "_extra", "_late_ran", "_gen")
 
     def __init__(self, link: Link, commands: Sequence[tuple[Any, ...]],
@@ -495,6 +509,7 @@ class Call:
         self.started = 0.0
         self.state: str | None = None
         self.connecting = False               # waits for a new connection (made after sends)
+        self.sent = False                     # the commands were written to a connection
         self._owed = 0                        # replies still to read on the connection
         self._retry: list[int] | None = None  # indices sent again after a script load
         self._extra: list[Any] = []           # replies to the script loads and resent commands
@@ -529,6 +544,7 @@ class Call:
             self.connecting = True
             return
         self.conn = taken
+        self.sent = True
         self._owed = len(self.commands)
 
     def connect(self) -> None:
@@ -542,6 +558,7 @@ class Call:
             self.error = exc
             return
         self.conn = conn
+        self.sent = True
         self._owed = len(self.commands)
 
     def pump(self, *, retry_scripts: bool = True) -> bool:
@@ -578,7 +595,8 @@ class Call:
                 self.replies[index] = reply
             self._extra = []
         elif retry_scripts and self.scripts and self._retry is None:
-            missing = [i for i, r in enumerate(self.replies) if _is_noscript(r)]
+            missing = [i for i, r in enumerate(self.replies)
+                       if isinstance(r, Exception) and _is_noscript(r)]
             if missing:
                 self._retry = missing
                 resend = [("SCRIPT", "LOAD", source) for source in self.scripts.values()]
@@ -663,18 +681,43 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
 
 
 def _wait_one(call: Call) -> bool:
-    """A round of one call: wait on its socket alone; False if its deadline passed."""
+    """A round of one call: wait on its socket alone (a read with the socket's timeout set to
+    what is left of the deadline); False if the deadline passed."""
     conn = call.conn
     assert conn is not None
-    fd = conn.fd
-    while True:
-        left = call.deadline - time.monotonic()
-        if left <= 0:
-            return False
-        if (conn.ssl and conn.sock.pending()) or select.select([fd], [], [], left)[0]:
-            if call.pump():
+    sock = conn.sock
+    try:
+        while True:
+            left = call.deadline - time.monotonic()
+            if left <= 0:
+                return False
+            sock.settimeout(left)
+            try:
+                n = sock.recv_into(conn.buf)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError as exc:
+                call.fail(_connection_error(f"{call.link.name}: error while reading: {exc}"))
+                return True
+            if n == 0:
+                call.fail(_connection_error(f"{call.link.name}: connection closed by the "
+                                            f"server"))
+                return True
+            conn.reader.feed(conn.buf, 0, n)
+            try:
+                done = call._collect(True)
+            except Exception as exc:  # noqa: BLE001
+                call.fail(exc)
+                return True
+            if done:
                 call.finish()
                 return True
+    finally:
+        if call.conn is not None or conn.sock is sock:
+            try:
+                sock.settimeout(call.link.timeout)
+            except OSError:
+                pass
 
 
 def _wait_many(waiting: list[Call], decided: Callable[[], bool] | None
@@ -865,8 +908,9 @@ _REAPER = _Reaper()
 
 
 def _after_fork_in_child() -> None:
-    global _REAPER
+    global _REAPER, _FORKS
     _REAPER = _Reaper()
+    _FORKS += 1
 
 
 if hasattr(os, "register_at_fork"):

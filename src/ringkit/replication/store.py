@@ -96,13 +96,54 @@ class _Outcome:
     counted: set[str] = field(default_factory=set)
     # Nodes that had not answered when the round was decided (their replies come later).
     late: set[str] = field(default_factory=set)
+    # Failed nodes that were never sent the operation (marked down, skipped, not connected).
+    unsent: set[str] = field(default_factory=set)
     floors: dict[str, int] = field(default_factory=dict)
+
+    def reached(self, names: Iterable[str]) -> bool:
+        """Whether the operation may have been applied by one of `names` (it answered, is
+        late, or failed after it was sent)."""
+        return any(n in self.replies or n in self.late
+                   or (n in self.failed and n not in self.unsent) for n in names)
 
     def floor(self, names: Iterable[str] | None = None) -> int:
         """The largest version floor among the nodes that answered (of `names`)."""
         if names is None:
             return max(self.floors.values(), default=0)
         return max((self.floors[n] for n in names if n in self.floors), default=0)
+
+
+class _OneTally:
+    """_Tally for a round about one key (no numpy: a single put or get pays nothing for it)."""
+
+    __slots__ = ("need", "nodes", "ok", "good", "pending", "seen", "extra")
+
+    def __init__(self, need: int, nodes: Iterable[str],
+                 ok: Callable[[Any], Sequence[bool]] | None = None,
+                 extra: Iterable[str] = ()) -> None:
+        self.need = need
+        self.nodes = set(nodes)
+        self.ok = ok
+        self.good = 0
+        self.pending = len(self.nodes)
+        self.seen: set[str] = set()
+        self.extra = extra
+
+    def answer(self, name: str, counted: bool, reply: Any) -> None:
+        if name not in self.nodes or name in self.seen:
+            return
+        self.seen.add(name)
+        self.pending -= 1
+        if (counted or name in self.extra) and (self.ok is None or self.ok(reply)[0]):
+            self.good += 1
+
+    def fail(self, name: str) -> None:
+        if name in self.nodes and name not in self.seen:
+            self.seen.add(name)
+            self.pending -= 1
+
+    def decided(self) -> bool:
+        return self.good >= self.need or self.good + self.pending < self.need
 
 
 class _Tally:
@@ -128,10 +169,10 @@ class _Tally:
         self.seen: set[str] = set()
         self.extra = set(extra)     # nodes that count whatever their marker (stand-ins)
 
-    @classmethod
-    def single(cls, need: int, nodes: Iterable[str], ok: Callable[[Any], Sequence[bool]] | None
-               = None, extra: Iterable[str] = ()) -> _Tally:
-        return cls(need, 1, {n: [0] for n in nodes}, ok, extra)
+    @staticmethod
+    def single(need: int, nodes: Iterable[str], ok: Callable[[Any], Sequence[bool]] | None
+               = None, extra: Iterable[str] = ()) -> _OneTally:
+        return _OneTally(need, nodes, ok, extra)
 
     def answer(self, name: str, counted: bool, reply: Any) -> None:
         ix = self.index.get(name)
@@ -330,6 +371,8 @@ class ReplicatedStore:
             self._replicator.start()
         for name, node in self._nodes.items():
             self._adopt(name, node)
+        if any(self._counting.values()):
+            self._remember_members()
 
     # -- node state -------------------------------------------------------------------------------
 
@@ -555,7 +598,7 @@ class ReplicatedStore:
     # -- parallel calls ---------------------------------------------------------------------------
 
     def _round(self, op: str, args: Mapping[str, tuple[Any, ...]], *,
-               tally: _Tally | None = None,
+               tally: _Tally | _OneTally | None = None,
                late: Callable[[str, Node], Any] | None = None) -> _Outcome:
         """Send ``op`` to every node named in `args` at once and collect the answers, until
         `tally` says the outcome is decided (None: every node answered or timed out). A node
@@ -571,14 +614,18 @@ class ReplicatedStore:
             node = nodes.get(name)
             if node is None:
                 out.failed[name] = UnknownNodeError(name)
+                out.unsent.add(name)
             elif name in down and not self._is_live(name):
                 out.failed[name] = NodeDown(f"{name} is marked down (asked again after "
                                             f"{self._down_backoff} s)")
+                out.unsent.add(name)
             elif getattr(node, "in_process", False):
                 try:
                     state, reply = getattr(node, op)(*node_args)
                 except Exception as exc:  # noqa: BLE001 - counted against the quorum
                     out.failed[name] = exc
+                    if isinstance(exc, NodeDown):
+                        out.unsent.add(name)
                     self._mark_down(name, exc)
                 else:
                     self._answered(out, name, state, reply)
@@ -590,6 +637,7 @@ class ReplicatedStore:
                     pending = node.submit(op, *node_args)
                 except Exception as exc:  # noqa: BLE001
                     out.failed[name] = exc
+                    out.unsent.add(name)
                     self._mark_down(name, exc)
                 else:
                     call = getattr(pending, "call", None)
@@ -614,7 +662,7 @@ class ReplicatedStore:
                 self._answered(out, name, state, reply)
         return out
 
-    def _gather(self, network: list[tuple[str, Any]], tally: _Tally | None,
+    def _gather(self, network: list[tuple[str, Any]], tally: _Tally | _OneTally | None,
                 out: _Outcome) -> None:
         decided = None
         if tally is not None:
@@ -643,6 +691,8 @@ class ReplicatedStore:
                 state, reply = pending.parse()
             except Exception as exc:  # noqa: BLE001 - counted against the quorum
                 out.failed[name] = exc
+                if not pending.call.sent:
+                    out.unsent.add(name)
                 self._mark_down(name, exc)
             else:
                 self._answered(out, name, state, reply)
@@ -879,8 +929,9 @@ class ReplicatedStore:
         if len(acked) < self.write_quorum:
             failed = _Outcome(written.replies, {**out.failed, **written.failed},
                               written.counted)
+            reached = maybe or bool(acked) or written.reached(live)
             raise self._quorum_error("put", key, self.write_quorum, len(acked), failed,
-                                     "unknown")
+                                     "unknown" if reached else "failed")
         return version
 
     def _write_fast(self, key: str, value: bytes | None, targets: list[str]
@@ -903,8 +954,10 @@ class ReplicatedStore:
         applied = sum(1 for n, ok in out.replies.items() if ok[0] and n in out.counted)
         if applied < self.write_quorum:
             maybe = any(ok[0] for ok in out.replies.values()) or bool(out.late) \
-                or any(n in out.failed for n in targets)
+                or any(n in out.failed and n not in out.unsent for n in targets)
             return None, maybe
+        if self.sloppy:
+            self._hint_failed({n: [record] for n in targets if n in out.failed}, targets)
         self._learn(key, version)
         return version, True
 
@@ -992,7 +1045,7 @@ class ReplicatedStore:
             touched[ix] |= flags
             if n in out.counted:
                 applied[ix] += flags
-        for n in (*out.failed, *out.late):
+        for n in (*(f for f in out.failed if f not in out.unsent), *out.late):
             if n in index:
                 touched[np.asarray(index[n], dtype=np.intp)] = True
         done = {}
@@ -1061,14 +1114,20 @@ class ReplicatedStore:
         if self.consistency == "eventual":
             for record in records.values():
                 self._remember(record)
+        if self.sloppy:
+            self._hint_failed({n: rs for n, rs in writes.items() if n in written.failed},
+                              list(writes))
         acked: dict[str, Version] = {}
         unknown = []
+        reached = {n for n in writes if written.reached([n])}
         for key, record in records.items():
             if acks.get(key, 0) >= self.write_quorum:
                 acked[key] = record.version
                 self._learn(key, record.version)
-            else:
+            elif any(key in {r.key for r in writes[n]} for n in reached):
                 unknown.append(key)
+            else:
+                refused.append(key)
         failures: dict[str, object] = {**out.failed, **written.failed}
         for n in (*out.late, *written.late):
             failures.setdefault(n, "no answer when the round was decided")

@@ -61,7 +61,7 @@ def lease_keys(servers, name: str) -> list[Any]:  # type: ignore[no-untyped-def]
     return [s.client().get(f"{PREFIX}{{{name}}}") for s in servers]
 
 
-# -- a. a node restarted empty, and a store made afterwards ------------------------------------------
+# -- a. a node restarted empty, and a store made afterwards ---------------------------------------
 
 
 @pytest.mark.redis
@@ -126,7 +126,7 @@ def test_a_memory_node_revived_empty_is_not_new() -> None:
     assert final is not None and final >= version and value in (b"v", b"w")
 
 
-# -- b. a partial tombstone purge -------------------------------------------------------------------
+# -- b. a partial tombstone purge -----------------------------------------------------------------
 
 
 class _PurgeFails(MemoryNode):
@@ -197,7 +197,7 @@ def test_b_redis_floors_survive_a_partial_purge_and_a_refill(redis_servers) -> N
     assert fresh.get_many(keys) == [b"new"] * len(keys)
 
 
-# -- c. a lock server restarted empty ---------------------------------------------------------------
+# -- c. a lock server restarted empty -------------------------------------------------------------
 
 
 @pytest.mark.redis
@@ -257,7 +257,7 @@ def test_c_ttl_and_extend_above_max_ttl_are_value_errors(redis_servers) -> None:
     backend.close()
 
 
-# -- d. sloppy quorums ------------------------------------------------------------------------------
+# -- d. sloppy quorums ----------------------------------------------------------------------------
 
 
 def test_d_sloppy_is_refused_in_strong_mode() -> None:
@@ -288,7 +288,7 @@ def test_d_the_first_write_after_a_replica_dies_is_hinted(write_quorum: int) -> 
     store.close()
 
 
-# -- e. outcomes of failed writes -------------------------------------------------------------------
+# -- e. outcomes of failed writes -----------------------------------------------------------------
 
 
 def test_e_a_failed_put_says_its_outcome() -> None:
@@ -336,7 +336,7 @@ def test_e_put_many_reports_every_keys_outcome() -> None:
     assert str(len(acknowledged)) in str(error)
 
 
-# -- f. grants that come after the caller gave up -----------------------------------------------------
+# -- f. grants that come after the caller gave up -------------------------------------------------
 
 
 @pytest.mark.redis
@@ -397,6 +397,29 @@ def test_f_grants_of_servers_that_answered_too_late_are_released(redis_servers) 
     backend.close()
 
 
+@pytest.mark.redis
+def test_f_grants_whose_replies_were_lost_in_transit_are_released(redis_servers, proxy) -> None:  # type: ignore[no-untyped-def]
+    """The servers behind two links run the acquire script, but their replies are blackholed:
+    the attempt fails with a quorum error. When the links heal, the replies arrive and the
+    grants are released on the same connections (else they would stay for the whole ttl)."""
+    servers = redis_servers(3)
+    links = [proxy.link(s.port) for s in servers]
+    backend = RedisBackend([link.url for link in links], socket_timeout=0.3)
+    backend.initialize()
+    with Lock("warm", backend):         # the servers have the scripts (no NOSCRIPT detour)
+        pass
+    links[1].blackhole("down")
+    links[2].blackhole("down")
+    with pytest.raises(LockQuorumError):
+        Lock("lost", backend, ttl=30.0).acquire(blocking=False)
+    held = lease_keys(servers, "lost")
+    assert held[1] is not None and held[2] is not None    # they ran it: leases are there
+    links[1].heal()
+    links[2].heal()
+    wait_until(lambda: all(v is None for v in lease_keys(servers, "lost")))
+    backend.close()
+
+
 def test_f_each_attempt_has_its_own_holder_id() -> None:
     backend = MemoryBackend()
     seen: list[str] = []
@@ -414,7 +437,7 @@ def test_f_each_attempt_has_its_own_holder_id() -> None:
     assert len(seen) >= 3 and len(set(seen)) == len(seen)
 
 
-# -- g. huge ttls ---------------------------------------------------------------------------------------
+# -- g. huge ttls ---------------------------------------------------------------------------------
 
 
 @pytest.mark.redis
@@ -436,7 +459,7 @@ def test_g_the_longest_allowed_ttl_is_granted_and_longer_is_refused(redis_server
     backend.close()
 
 
-# -- h. misconfiguration and bad input --------------------------------------------------------------
+# -- h. misconfiguration and bad input ------------------------------------------------------------
 
 
 @pytest.mark.redis
@@ -520,3 +543,91 @@ def test_close_closes_every_connection_it_opened(redis_servers) -> None:  # type
         assert clients() > 0
     backend.close()
     wait_until(lambda: clients() == 0)
+
+
+# -- rounds end when their outcome is decided -----------------------------------------------------
+
+
+@pytest.mark.redis
+def test_a_round_ends_by_one_deadline_whatever_the_number_of_silent_servers(redis_servers,  # type: ignore[no-untyped-def]
+                                                                             proxy) -> None:
+    """Five servers, every link blackholed: acquire(timeout=0) is one round, bounded by one
+    socket timeout (it used to read the servers one after another: five timeouts)."""
+    servers = redis_servers(5)
+    links = [proxy.link(s.port) for s in servers]
+    timeout = 0.4
+    backend = RedisBackend([link.url for link in links], socket_timeout=timeout)
+    backend.initialize()
+    for link in links:
+        link.blackhole("both")
+    started = time.monotonic()
+    with pytest.raises(LockQuorumError):
+        Lock("silent", backend, ttl=5.0).acquire(timeout=0)
+    assert time.monotonic() - started < timeout + 0.5      # one deadline, plus slack
+    for link in links:
+        link.heal()
+    backend.close()
+
+
+@pytest.mark.redis
+@pytest.mark.signals
+@pytest.mark.parametrize("fault", ["pause", "blackhole up", "blackhole down"])
+def test_a_short_lease_is_granted_while_one_of_three_servers_is_silent(redis_servers, proxy,  # type: ignore[no-untyped-def]
+                                                                       fault) -> None:
+    """ttl=0.5 with one of three servers paused or blackholed: each acquire is decided by the
+    two that answer, so the lease is granted with most of its validity left (a round that
+    waited for the silent one would end after the validity, and never grant it)."""
+    servers = redis_servers(3)
+    links = [proxy.link(s.port) for s in servers]
+    backend = RedisBackend([link.url for link in links], socket_timeout=0.5)
+    backend.initialize()
+    if fault == "pause":
+        servers[2].pause()
+    else:
+        links[2].blackhole(fault.split()[1])
+    try:
+        for _ in range(20):
+            lock = Lock("short", backend, ttl=0.5)
+            assert lock.acquire(timeout=2.0)
+            assert lock.validity() > 0.3
+            lock.release()
+    finally:
+        if fault == "pause":
+            servers[2].resume()
+        links[2].heal()
+    backend.close()
+
+
+@pytest.mark.redis
+@pytest.mark.signals
+def test_store_rounds_do_not_wait_for_a_silent_replica(redis_servers, proxy) -> None:  # type: ignore[no-untyped-def]
+    """put, get, put_many and get_many with one of three replicas blackholed, then paused:
+    every call is decided by the two that answer; after healing, repair() converges."""
+    servers = redis_servers(3)
+    links = [proxy.link(s.port) for s in servers]
+    nodes = {f"r{i}": RedisNode(link.url, socket_timeout=0.3) for i, link in enumerate(links)}
+    store = ReplicatedStore(nodes)
+    store.initialize()
+    keys = [f"k{i}" for i in range(200)]
+    for fault in ("blackhole", "pause"):
+        if fault == "blackhole":
+            links[1].blackhole("both")
+        else:
+            servers[1].pause()
+        try:
+            versions = store.put_many({k: fault.encode() for k in keys})
+            assert store.get_many(keys) == [fault.encode()] * len(keys)
+            for key in keys[:20]:
+                version = store.put(key, b"one")
+                assert store.get_versioned(key) == (b"one", version)
+        finally:
+            links[1].heal()
+            if fault == "pause":
+                servers[1].resume()
+        assert len(versions) == len(keys)
+    store.probe()
+    store.repair()
+    direct = redis_nodes(servers)
+    for key in keys[::17]:
+        assert len({n.read([key])[1][0].version for n in direct.values()}) == 1  # type: ignore[union-attr]
+    store.close()

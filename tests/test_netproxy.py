@@ -3,23 +3,19 @@ redis-server, seen from the client (raw sockets, redis-py) and from the server d
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import netproxy  # noqa: E402 - registered by conftest.py
 import pytest
 import redis
-
-
-import netproxy  # noqa: E402 - registered by conftest.py
 
 Proxy = netproxy.Proxy
 

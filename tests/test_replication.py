@@ -456,7 +456,8 @@ def test_quorum_error_names_the_failed_nodes() -> None:
 def test_sloppy_quorum_hands_hints_back() -> None:
     clock = FakeClock()
     nodes = memory_nodes(5)
-    store = ReplicatedStore(nodes, sloppy=True, consistency="eventual", down_backoff=30.0, clock=clock)
+    store = ReplicatedStore(nodes, sloppy=True, consistency="eventual", down_backoff=30.0,
+                            clock=clock)
     key = "user:1"
     replica = store.preference_list(key)[2]
     nodes[replica].kill()

@@ -340,7 +340,8 @@ def test_a_paused_server_is_skipped_and_catches_up(redis_servers) -> None:  # ty
 def test_hints_survive_in_redis_and_are_handed_back(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(4)
     nodes = redis_nodes(servers)
-    store = new_store(nodes, sloppy=True, consistency="eventual", down_backoff=0.05, wall_clock=lambda: 0.0)
+    store = new_store(nodes, sloppy=True, consistency="eventual", down_backoff=0.05,
+                      wall_clock=lambda: 0.0)
     replica = store.preference_list("a")[1]
     server = servers[int(replica[1:])]
     server.kill()

@@ -262,7 +262,7 @@ class _Conn:
         """Read what the socket has (the caller knows it is readable) into the parser."""
         try:
             n = self.sock.recv_into(self.buf)
-        except (BlockingIOError, InterruptedError, TimeoutError, socket.timeout):
+        except (BlockingIOError, InterruptedError, TimeoutError):
             return
         except OSError as exc:
             self.close()
@@ -694,7 +694,7 @@ def _wait_one(call: Call) -> bool:
             sock.settimeout(left)
             try:
                 n = sock.recv_into(conn.buf)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError as exc:
                 call.fail(_connection_error(f"{call.link.name}: error while reading: {exc}"))
@@ -743,18 +743,18 @@ def _wait_many(waiting: list[Call], decided: Callable[[], bool] | None
             continue
         ready = _ssl_pending(by_fd) or poller.poll(max(1, int((soonest - now) * 1000) + 1))
         for fd, _ in ready:
-            call = by_fd.get(fd)
-            if call is not None and call.pump():
+            ready_call = by_fd.get(fd)
+            if ready_call is not None and ready_call.pump():
                 del by_fd[fd]
                 poller.unregister(fd)
-                call.finish()
+                ready_call.finish()
     if by_fd:
         # Decided: what already came is part of the outcome; the rest is late.
         for fd, _ in _ssl_pending(by_fd) or poller.poll(0):
-            call = by_fd.get(fd)
-            if call is not None and call.pump():
+            ready_call = by_fd.get(fd)
+            if ready_call is not None and ready_call.pump():
                 del by_fd[fd]
-                call.finish()
+                ready_call.finish()
     return list(by_fd.values()), overdue
 
 

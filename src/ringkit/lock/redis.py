@@ -208,6 +208,7 @@ class _Placement:
         self.ring = HashRing([s.name for s in self.servers])
         self.epoch_key = f"{prefix}__epoch__"
         self.duplicate: ValueError | None = None
+        self.identified_all = len(self.servers) == 1    # one server cannot be listed twice
         self._identity_guard = threading.Lock()
         # Leases this process holds, (name, holder) -> when they run out (monotonic): a grant
         # that comes late for one of them is kept (the release reaches it); any other late
@@ -273,7 +274,12 @@ class _Placement:
     def unidentified(self, targets: Sequence[_Server]) -> list[_Server]:
         if self.duplicate is not None:
             raise self.duplicate
-        return [s for s in targets if s.run_id is None]
+        if self.identified_all:
+            return []
+        missing = [s for s in targets if s.run_id is None]
+        if not missing and all(s.run_id is not None for s in self.servers):
+            self.identified_all = True
+        return missing
 
     def identified(self, out: _Outcome) -> None:
         """Record the run_ids that answered; refuse two names for one server process."""
@@ -458,7 +464,8 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
     single = len(targets) == 1
     keys, args = p.acquire_args(name, holder, ttl, single)
     start = clock()
-    p.hold(name, holder, ttl)
+    if not single:          # one server: no round is decided before its only reply
+        p.hold(name, holder, ttl)
     try:
         out = yield Round(targets, lambda s: _eval(_SHA["acquire"], keys, args), need=majority,
                           ok=_granted, late=_late_grant(p, name, holder), late_for=ttl,
@@ -479,6 +486,7 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
         return _release_round(p, name, holder, holding, need=len(granted))
 
     if len(granted) < majority:
+        p.unhold(name, holder)
         if holding:
             yield give_back()
         if len(out.replies) < majority:
@@ -501,6 +509,8 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
     if validity <= 0:
         yield give_back()
         return None
+    if single:
+        p.hold(name, holder, ttl)
     return Grant(token, validity)
 
 
@@ -669,24 +679,23 @@ class RedisBackend(_BackendBase):
 
     def __init__(self, servers: object, **options: Any) -> None:
         super().__init__(servers, **options)
-        try:
-            # Identify the servers that answer now, so that a duplicate is refused at once.
-            self._drive(_identify_steps(self._placement, self._placement.servers))
-        except ValueError:
-            self.close()
-            raise
+        if len(self._placement.servers) > 1:
+            try:
+                # Identify the servers that answer now, so that a duplicate is refused at once.
+                self._drive(_identify_steps(self._placement, self._placement.servers))
+            except ValueError:
+                self.close()
+                raise
 
     def _round(self, round_: Round) -> _Outcome:
-        scripts = SCRIPTS
         calls = []
         for server in round_.servers:
-            call = Call(server.link, [round_.command(server)], scripts,
+            call = Call(server.link, [round_.command(server)], SCRIPTS,
                         late=round_.late(server) if round_.late is not None else None,
                         late_for=round_.late_for)
+            call.limit = round_.limit
             calls.append(call)
-        if round_.limit is not None:
-            _limit(calls, round_.limit)
-        gather(calls, _decider(round_, calls))
+        gather(calls, _decider(round_, calls) if len(calls) > 1 else None)
         return _outcome(round_, calls)
 
     def _drive(self, steps: Steps) -> Any:
@@ -744,11 +753,6 @@ class RedisBackend(_BackendBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _limit(calls: Sequence[Any], limit: float) -> None:
-    for call in calls:
-        call.limit = limit
 
 
 class _RedisWaiter:
@@ -819,8 +823,8 @@ class AsyncRedisBackend(_BackendBase):
                              late=round_.late(server) if round_.late is not None else None,
                              late_for=round_.late_for)
             calls.append(call)
-        if round_.limit is not None:
-            _limit(calls, round_.limit)
+        for call in calls:
+            call.limit = round_.limit
         await gather_async(calls, _decider(round_, calls))
         return _outcome(round_, calls)
 

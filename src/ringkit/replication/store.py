@@ -476,7 +476,7 @@ class ReplicatedStore:
             reconnect = getattr(node, "reconnect", None)
             if reconnect is not None:
                 reconnect()
-        self._round("read", {name: ([],) for name in self._all_nodes()})
+        self._round("read", {name: ([],) for name in self._all_nodes()}, every=True)
         return self.status()
 
     def _is_live(self, name: str) -> bool:
@@ -599,12 +599,14 @@ class ReplicatedStore:
 
     def _round(self, op: str, args: Mapping[str, tuple[Any, ...]], *,
                tally: _Tally | _OneTally | None = None,
-               late: Callable[[str, Node], Any] | None = None) -> _Outcome:
+               late: Callable[[str, Node], Any] | None = None,
+               every: bool = False) -> _Outcome:
         """Send ``op`` to every node named in `args` at once and collect the answers, until
         `tally` says the outcome is decided (None: every node answered or timed out). A node
         that is marked down, or fails, lands in ``failed``; one that had not answered when the
         round was decided in ``late``, and its reply goes to ``late(name, node)``'s handler.
-        In-process nodes are simply called."""
+        In-process nodes are simply called. `every` (maintenance: repair, probe) asks even
+        a node that a quorum round would skip for owing replies or having just failed."""
         out = _Outcome()
         nodes = self._everyone
         down = self._down_until
@@ -644,6 +646,7 @@ class ReplicatedStore:
                     if call is None:
                         blocking.append((name, pending))
                     else:
+                        call.must = every
                         if late is not None:
                             call.late = late(name, node)
                         network.append((name, pending))
@@ -1073,9 +1076,9 @@ class ReplicatedStore:
         current: dict[str, Version | None] = {}
         floor: dict[str, int] = {}
         answered: dict[str, int] = {}
-        for n, records in out.replies.items():
+        for n, found in out.replies.items():
             node_floor = out.floors.get(n, 0)
-            for key, record in zip(per_node[n], records):
+            for key, record in zip(per_node[n], found):
                 if n in out.counted:
                     answered[key] = answered.get(key, 0) + 1
                 if node_floor > floor.get(key, 0):
@@ -1269,7 +1272,7 @@ class ReplicatedStore:
                     break
                 if not records:
                     continue
-                out = self._round("write", {target: (records,)})
+                out = self._round("write", {target: (records,)}, every=True)
                 if target in out.replies:
                     holder.drop_hints(target, records)
                     delivered += len(records)
@@ -1310,7 +1313,7 @@ class ReplicatedStore:
                 targets, _ = self._targets(key)
                 for n in targets:
                     per_node.setdefault(n, []).append(key)
-            out = self._round("read", {n: (ks,) for n, ks in per_node.items()})
+            out = self._round("read", {n: (ks,) for n, ks in per_node.items()}, every=True)
             for n in (*out.failed, *out.late):
                 clean[n] = False
                 unread.add(n)
@@ -1344,7 +1347,8 @@ class ReplicatedStore:
                         writes.setdefault(n, []).append(newest)
                         report.replicas_repaired += 1
             if writes:
-                written = self._round("write", {n: (rs,) for n, rs in writes.items()})
+                written = self._round("write", {n: (rs,) for n, rs in writes.items()},
+                                      every=True)
                 for n in (*written.failed, *written.late):
                     clean[n] = False
             for n, records in purge.items():
@@ -1465,7 +1469,7 @@ class ReplicatedStore:
             for key, old, new in changed:
                 for n in set(old) | set(new):
                     per_node.setdefault(n, []).append(key)
-            out = self._round("read", {n: (ks,) for n, ks in per_node.items()})
+            out = self._round("read", {n: (ks,) for n, ks in per_node.items()}, every=True)
             if out.failed or out.late:
                 complete = False
             answers: dict[str, dict[str, Record | None]] = {}
@@ -1487,7 +1491,7 @@ class ReplicatedStore:
                     if n not in prefs and r is not None:
                         drops.setdefault(n, []).append(r)
                 moved += 1
-            written = self._round("write", {n: (rs,) for n, rs in writes.items()})
+            written = self._round("write", {n: (rs,) for n, rs in writes.items()}, every=True)
             if written.failed or written.late:
                 raise QuorumError(f"rebalance: {len(written.failed) + len(written.late)} nodes "
                                   f"failed while copying",

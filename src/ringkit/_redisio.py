@@ -32,6 +32,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -223,25 +224,35 @@ def server_name(client: Any) -> str:
 # Sync transport
 
 
-class _Conn:
-    """One socket to a server, opened by redis-py (handshake included), read with hiredis."""
+_READ = select.POLLIN | select.POLLERR | select.POLLHUP if hasattr(select, "POLLIN") else 1
+_WRITE = select.POLLOUT if hasattr(select, "POLLOUT") else 4
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
-    __slots__ = ("link", "redis", "sock", "fd", "reader", "buf", "ssl", "poller")
+
+class _Conn:
+    """One socket to a server, opened by redis-py (handshake included), then non-blocking: the
+    round writes what the socket takes and keeps the rest (a full socket buffer never stalls a
+    round), and reads with hiredis what has come."""
+
+    __slots__ = ("link", "redis", "sock", "fd", "reader", "buf", "ssl", "poller", "mask",
+                 "out", "pos")
 
     def __init__(self, link: Link, timeout: float | None = None) -> None:
         self.link = link
         self.redis = link.new_connection(timeout)
         self.redis.connect()
         self.sock = self.redis._sock
-        if timeout is not None:
-            self.sock.settimeout(link.timeout)
+        self.sock.setblocking(False)
         self.fd = self.sock.fileno()
         self.poller = select.poll() if hasattr(select, "poll") else None
+        self.mask = _READ
         if self.poller is not None:
-            self.poller.register(self.fd, select.POLLIN)
+            self.poller.register(self.fd, self.mask)
         self.reader = _new_reader()
         self.buf = bytearray(65536)
         self.ssl = hasattr(self.sock, "pending")
+        self.out = b""
+        self.pos = 0
 
     def readable(self) -> bool:
         """Whether the socket has data or was closed (between rounds: a stale connection)."""
@@ -249,20 +260,43 @@ class _Conn:
             return True
         if self.poller is None:  # pragma: no cover - no poll() (Windows)
             return bool(select.select([self.fd], [], [], 0)[0])
+        self._want(_READ)
         return bool(self.poller.poll(0))
 
+    @property
+    def writing(self) -> bool:
+        """Whether some of what was sent is still waiting for room in the socket."""
+        return self.pos < len(self.out)
+
     def send(self, data: bytes) -> None:
+        """Queue `data` and write what the socket takes now."""
+        if self.writing:
+            self.out = self.out[self.pos:] + data
+        else:
+            self.out = data
+        self.pos = 0
+        self.flush()
+
+    def flush(self) -> None:
+        view = memoryview(self.out)
         try:
-            self.sock.sendall(data)
+            while self.pos < len(self.out):
+                self.pos += self.sock.send(view[self.pos:])
+        except _WOULD_BLOCK:
+            return
         except OSError as exc:
             self.close()
             raise _connection_error(f"{self.link.name}: error while writing: {exc}") from exc
+        finally:
+            view.release()
+        self.out = b""
+        self.pos = 0
 
     def recv(self) -> None:
-        """Read what the socket has (the caller knows it is readable) into the parser."""
+        """Read what the socket has into the parser."""
         try:
             n = self.sock.recv_into(self.buf)
-        except (BlockingIOError, InterruptedError, TimeoutError):
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self.close()
@@ -272,14 +306,40 @@ class _Conn:
             raise _connection_error(f"{self.link.name}: connection closed by the server")
         self.reader.feed(self.buf, 0, n)
 
+    def _want(self, mask: int) -> None:
+        if mask != self.mask and self.poller is not None:
+            self.poller.modify(self.fd, mask)
+            self.mask = mask
+
+    def wait(self, deadline: float) -> bool:
+        """Wait until the socket has something to read (True) or `deadline` passed (False),
+        writing the rest of what was sent whenever the socket takes more."""
+        while True:
+            if self.ssl and self.sock.pending():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            mask = _READ | _WRITE if self.writing else _READ
+            if self.poller is None:  # pragma: no cover - no poll() (Windows)
+                r, w, _ = select.select([self.fd], [self.fd] if self.writing else [], [], left)
+                events = (_READ if r else 0) | (_WRITE if w else 0)
+            else:
+                self._want(mask)
+                found = self.poller.poll(max(1, int(left * 1000) + 1))
+                events = found[0][1] if found else 0
+            if events & _WRITE:
+                self.flush()
+            if events & _READ:
+                return True
+
     def ping(self, deadline: float) -> bool:
         """PING and wait for the PONG until `deadline`."""
         try:
             self.send(b"*1\r\n$4\r\nPING\r\n")
             reply: Any = _MISSING
             while reply is _MISSING:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                if not self.wait(deadline):
                     return False
                 self.recv()
                 reply = self.reader.gets()
@@ -681,53 +741,28 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
 
 
 def _wait_one(call: Call) -> bool:
-    """A round of one call: wait on its socket alone (a read with the socket's timeout set to
-    what is left of the deadline); False if the deadline passed."""
+    """A round of one call: wait on its socket alone; False if the deadline passed."""
     conn = call.conn
     assert conn is not None
-    sock = conn.sock
-    try:
-        while True:
-            left = call.deadline - time.monotonic()
-            if left <= 0:
-                return False
-            sock.settimeout(left)
-            try:
-                n = sock.recv_into(conn.buf)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                call.fail(_connection_error(f"{call.link.name}: error while reading: {exc}"))
-                return True
-            if n == 0:
-                call.fail(_connection_error(f"{call.link.name}: connection closed by the "
-                                            f"server"))
-                return True
-            conn.reader.feed(conn.buf, 0, n)
-            try:
-                done = call._collect(True)
-            except Exception as exc:  # noqa: BLE001
-                call.fail(exc)
-                return True
-            if done:
-                call.finish()
-                return True
-    finally:
-        if call.conn is not None or conn.sock is sock:
-            try:
-                sock.settimeout(call.link.timeout)
-            except OSError:
-                pass
+    while True:
+        if not conn.wait(call.deadline):
+            return False
+        if call.pump():
+            call.finish()
+            return True
 
 
 def _wait_many(waiting: list[Call], decided: Callable[[], bool] | None
                ) -> tuple[list[Call], list[Call]]:
     poller = select.poll()
     by_fd: dict[int, Call] = {}
+    masks: dict[int, int] = {}
     for call in waiting:
         assert call.conn is not None
-        by_fd[call.conn.fd] = call
-        poller.register(call.conn.fd, select.POLLIN)
+        fd = call.conn.fd
+        by_fd[fd] = call
+        masks[fd] = _READ | _WRITE if call.conn.writing else _READ
+        poller.register(fd, masks[fd])
     overdue: list[Call] = []
     while by_fd:
         if decided is not None and decided():
@@ -742,17 +777,31 @@ def _wait_many(waiting: list[Call], decided: Callable[[], bool] | None
                     overdue.append(call)
             continue
         ready = _ssl_pending(by_fd) or poller.poll(max(1, int((soonest - now) * 1000) + 1))
-        for fd, _ in ready:
+        for fd, events in ready:
             ready_call = by_fd.get(fd)
-            if ready_call is not None and ready_call.pump():
+            if ready_call is None:
+                continue
+            conn = ready_call.conn
+            if events & _WRITE and conn is not None:
+                try:
+                    conn.flush()
+                except Exception as exc:  # noqa: BLE001
+                    ready_call.fail(exc)
+                    del by_fd[fd]
+                    poller.unregister(fd)
+                    continue
+                if not conn.writing:
+                    masks[fd] = _READ
+                    poller.modify(fd, _READ)
+            if events & _READ and ready_call.pump():
                 del by_fd[fd]
                 poller.unregister(fd)
                 ready_call.finish()
     if by_fd:
         # Decided: what already came is part of the outcome; the rest is late.
-        for fd, _ in _ssl_pending(by_fd) or poller.poll(0):
+        for fd, events in _ssl_pending(by_fd) or poller.poll(0):
             ready_call = by_fd.get(fd)
-            if ready_call is not None and ready_call.pump():
+            if ready_call is not None and events & _READ and ready_call.pump():
                 del by_fd[fd]
                 ready_call.finish()
     return list(by_fd.values()), overdue
@@ -832,7 +881,7 @@ class _Reaper:
                 events = poller.poll(timeout)
             except InterruptedError:  # pragma: no cover
                 continue
-            for fd, _ in events:
+            for fd, _ev in events:
                 if fd == wake.fileno():
                     try:
                         while wake.recv(4096):
@@ -845,7 +894,8 @@ class _Reaper:
                     for call, until in incoming:
                         assert call.conn is not None
                         calls[call.conn.fd] = (call, until)
-                        poller.register(call.conn.fd, select.POLLIN)
+                        poller.register(call.conn.fd, _READ | _WRITE if call.conn.writing
+                                        else _READ)
                     for link in closing:
                         for cfd, (call, _) in list(calls.items()):
                             if call.link is link:
@@ -856,6 +906,12 @@ class _Reaper:
                     continue
                 call = entry[0]
                 try:
+                    if _ev & _WRITE and call.conn is not None:
+                        call.conn.flush()
+                        if not call.conn.writing:
+                            poller.modify(fd, _READ)
+                    if not _ev & _READ:
+                        continue
                     finished = call.pump()
                     if finished and call.conn is not None and call.late is not None \
                             and not call._late_ran:
@@ -863,6 +919,8 @@ class _Reaper:
                         follow = self._run_late(call)
                         if follow:
                             call.follow_up(follow)
+                            if call.conn is not None and call.conn.writing:
+                                poller.modify(fd, _READ | _WRITE)
                             finished = call._collect(False)
                 except Exception as exc:  # noqa: BLE001
                     call.fail(exc)

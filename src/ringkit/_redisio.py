@@ -52,7 +52,6 @@ _MISSING = object()          # hiredis' "not enough data yet"
 _FORKS = 0                   # bumped in a forked child: connections of the parent are not used
 _PROBE_FIRST = 0.02          # seconds before the first reconnection probe; doubles up to timeout
 _MAX_LATE = 8                # connections of one server owed late replies before rounds skip it
-_LINKS: weakref.WeakSet[Link] = weakref.WeakSet()
 
 
 def client_from_url(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
@@ -373,7 +372,6 @@ class Link:
                                                                    asynchronous=False)
         self._guard = threading.Lock()
         self._reset(os.getpid())
-        _LINKS.add(self)
 
     def _reset(self, pid: int) -> None:
         self._pid = pid
@@ -998,15 +996,17 @@ class AsyncLink:
     def new_connection(self) -> Any:
         return self._class(**self._kwargs)
 
-    def take(self) -> Any:
-        if self._suspect:
+    def take(self, must: bool = False) -> Any:
+        """An idle connection, or a new one, or None when the server is skipped (it failed and
+        is being probed, or owes late replies on _MAX_LATE connections); `must`: never None."""
+        if self._suspect and not must:
             self._start_probe()
             return None
         while self._idle:
             conn = self._idle.pop()
             if conn.is_connected:
                 return conn
-        if len(self._late) >= _MAX_LATE:
+        if len(self._late) >= _MAX_LATE and not must:
             return None
         return self.new_connection()
 
@@ -1086,8 +1086,8 @@ def _close_soon(conn: Any) -> None:
 class AsyncCall:
     """:class:`Call` for asyncio: the same fields; ``run()`` is the whole call as a task."""
 
-    __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "replies", "error",
-                 "finished", "over", "started", "deadline", "state")
+    __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "must", "replies",
+                 "error", "finished", "over", "started", "deadline", "state")
 
     def __init__(self, link: AsyncLink, commands: Sequence[tuple[Any, ...]],
                  scripts: dict[str, str] | None = None, late: Late | None = None,
@@ -1098,6 +1098,7 @@ class AsyncCall:
         self.late = late
         self.late_for = late_for
         self.limit: float | None = None
+        self.must = False
         self.replies: list[Any] = []
         self.error: BaseException | None = None
         self.finished = False
@@ -1123,7 +1124,7 @@ class AsyncCall:
 
     async def run(self) -> None:
         link = self.link
-        conn = link.take()
+        conn = link.take(self.must)
         if conn is None:
             self.error = _connection_error(
                 f"{link.name}: skipped (it has not answered an earlier call yet, or failed and "

@@ -324,6 +324,7 @@ class Round:
     late: Callable[[_Server], Late] | None = None
     late_for: float | None = None
     limit: float | None = None
+    every: bool = False     # ask every server, even one a quorum round would skip
 
 
 class _Outcome:
@@ -445,7 +446,8 @@ def _late_grant(p: _Placement, name: str, holder: str) -> Callable[[_Server], La
 
 
 def _identify_steps(p: _Placement, servers: Sequence[_Server]) -> Steps:
-    out = yield Round(servers, lambda s: ("INFO", "server"), need=len(servers), ok=_anything)
+    out = yield Round(servers, lambda s: ("INFO", "server"), need=len(servers), ok=_anything,
+                      every=True)
     p.identified(out)
 
 
@@ -573,7 +575,7 @@ def _initialize_steps(p: _Placement) -> Steps:
         yield from _identify_steps(p, unknown)
     marker = f"0:{p.max_ttl_ms}"
     out = yield Round(servers, lambda s: ("SET", p.epoch_key, marker, "NX"),
-                      need=len(servers), ok=_anything)
+                      need=len(servers), ok=_anything, every=True)
     if out.failed:
         detail = "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in out.failed.items())
         raise LockQuorumError(f"initialize: {len(out.failed)} servers did not answer ({detail})",
@@ -694,6 +696,7 @@ class RedisBackend(_BackendBase):
                         late=round_.late(server) if round_.late is not None else None,
                         late_for=round_.late_for)
             call.limit = round_.limit
+            call.must = round_.every
             calls.append(call)
         gather(calls, _decider(round_, calls) if len(calls) > 1 else None)
         return _outcome(round_, calls)
@@ -825,6 +828,7 @@ class AsyncRedisBackend(_BackendBase):
             calls.append(call)
         for call in calls:
             call.limit = round_.limit
+            call.must = round_.every
         await gather_async(calls, _decider(round_, calls))
         return _outcome(round_, calls)
 

@@ -118,6 +118,8 @@ def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
     on a fast network; this one only handles what ringkit sends: bytes, str, int)."""
     if _c_pack is not None:
+        if len(commands) == 1:
+            return _c_pack(commands[0])  # type: ignore[no-any-return]
         return b"".join([_c_pack(command) for command in commands])
     return pack_python(commands)
 
@@ -703,6 +705,9 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
     Replies already there when the round is decided are read too; calls still owed replies are
     handed to the late reader. Afterwards each call's ``state`` is "ok", "failed" or "late"."""
     now = time.monotonic()
+    if len(calls) == 1:
+        _gather_one(calls[0], now)
+        return
     for call in calls:
         call.start(now)
     connecting = [call for call in calls if call.connecting]
@@ -736,6 +741,24 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
         _REAPER.add(call)
     for call in late:
         _REAPER.add(call)
+
+
+def _gather_one(call: Call, now: float) -> None:
+    """gather() of a single call."""
+    call.start(now)
+    if call.connecting:
+        call.connect()
+    if call.conn is None:
+        call.state = "ok" if call.error is None else "failed"
+        return
+    if _wait_one(call):
+        call.state = "ok" if call.error is None else "failed"
+        return
+    call.error = _timeout_error(f"{call.link.name}: no reply within "
+                                f"{call.deadline - call.started:.3g} s")
+    call.state = "failed"
+    call.link.failed()
+    _REAPER.add(call)
 
 
 def _wait_one(call: Call) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import select
 import socket
@@ -39,8 +40,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "client_from_url", "gather",
-           "gather_async", "no_retry", "pack", "script_sha"]
+__all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "ServerSkipped", "client_from_url",
+           "gather", "gather_async", "no_retry", "pack", "script_sha"]
 
 log = logging.getLogger("ringkit.redis")
 
@@ -52,6 +53,8 @@ _MISSING = object()          # hiredis' "not enough data yet"
 _FORKS = 0                   # bumped in a forked child: connections of the parent are not used
 _PROBE_FIRST = 0.02          # seconds before the first reconnection probe; doubles up to timeout
 _MAX_LATE = 8                # connections of one server owed late replies before rounds skip it
+_GRACE = 0.003               # seconds a late call waits on its link (for a round to finish it)
+                             # before the late reader thread takes it over
 
 
 def client_from_url(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
@@ -155,6 +158,16 @@ def _new_reader() -> Any:
 
     return hiredis.Reader(protocolError=InvalidResponse, replyError=reply_error,
                           notEnoughData=_MISSING)
+
+
+class ServerSkipped(ConnectionError):
+    """A round did not ask this server: it failed and is being probed (``busy`` False), or it
+    still owes replies to earlier rounds on every connection a round may use (``busy`` True:
+    slow, not known to be down)."""
+
+    def __init__(self, message: str, *, busy: bool) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 def _connection_error(message: str) -> Exception:
@@ -355,9 +368,11 @@ class _Conn:
             pass
 
 
-# What Link.take() says about a server: use this connection, connect now, or skip it.
+# What Link.take() says about a server: use this connection, connect now, or skip it (it
+# failed and is being probed, or it is busy owing replies).
 _CONNECT = "connect"
 _SKIP = "skip"
+_BUSY = "busy"
 
 
 class Link:
@@ -379,7 +394,8 @@ class Link:
         self._pid = pid
         self._forks = _FORKS
         self._idle: list[_Conn] = []
-        self._late = 0              # connections handed to the late reader
+        self._late = 0              # connections owed late replies (deferred or taken over)
+        self._deferred: list[Call] = []   # late calls nobody has taken yet, oldest first
         self._suspect = False       # its last call failed or timed out: probe before use
         self._probing = False
         self._closed = False        # close() stops the probe (a later use reopens)
@@ -410,15 +426,74 @@ class Link:
                     self._probe_locked()
                     return _SKIP
                 conn = self._idle.pop() if self._idle else None
-                if conn is None:
+                deferred = bool(self._deferred)
+            if conn is None and deferred:
+                conn = self._reclaim()
+            if conn is None:
+                with self._guard:
                     if self._late and not must and (self._late >= _MAX_LATE or not self._fast):
                         self._probe_locked()
-                        return _SKIP
+                        return _BUSY
                     self._closed = False
                     return _CONNECT
             if not conn.readable():
                 return conn
             conn.close()    # readable between rounds: closed by the server, or stray data
+
+    def defer(self, call: Call) -> None:
+        """Take a call whose round ended while it still owed replies: it waits here, where the
+        next round that needs a connection finishes it if its replies are in (no thread hand-off
+        in the common case: a healthy server a few microseconds behind its peers); after _GRACE
+        the late reader thread takes it over."""
+        wait = call.late_for if call.late_for is not None else self.timeout
+        call._until = max(call.deadline, call.started + wait)
+        call._handed = time.monotonic()
+        with self._guard:
+            self._late += 1
+            call._gen = self._generation
+            self._deferred.append(call)
+        _REAPER.watch(self)
+
+    def _reclaim(self) -> _Conn | None:
+        """Finish the deferred calls whose replies are in (oldest first); a connection one of
+        them freed, or None."""
+        with self._guard:
+            calls, self._deferred = self._deferred, []
+        free: _Conn | None = None
+        keep: list[Call] = []
+        for call in calls:
+            conn = call.conn
+            if free is not None or not _late_step(call, conn is not None and conn.readable()):
+                keep.append(call)
+                continue
+            conn, call.conn = call.conn, None
+            with self._guard:
+                self._late = max(0, self._late - 1)
+                usable = conn is not None and call._gen == self._generation \
+                    and self._pid == os.getpid()
+            if conn is not None and not usable:
+                conn.close()
+            elif conn is not None:
+                free = conn
+        if keep:
+            with self._guard:
+                self._deferred[:0] = keep
+        return free
+
+    def take_deferred(self, now: float, everything: bool = False) -> list[Call]:
+        """The deferred calls the late reader takes over: those older than _GRACE."""
+        with self._guard:
+            taken = 0
+            for call in self._deferred:
+                if not everything and call._handed + _GRACE > now:
+                    break
+                taken += 1
+            calls, self._deferred = self._deferred[:taken], self._deferred[taken:]
+            return calls
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self._deferred)
 
     def connect(self, timeout: float | None = None) -> _Conn:
         """A new connection, now (within `timeout`); a failure makes the link suspect."""
@@ -443,11 +518,6 @@ class Link:
         with self._guard:
             self._suspect = True
             self._probe_locked()
-
-    def late_started(self) -> int:
-        with self._guard:
-            self._late += 1
-            return self._generation
 
     def late_finished(self) -> None:
         with self._guard:
@@ -499,11 +569,17 @@ class Link:
         the late reader sees them (they are never reused). A later round reconnects."""
         with self._guard:
             idle, self._idle = self._idle, []
+            deferred, self._deferred = self._deferred, []
+            self._late = max(0, self._late - len(deferred))
             self._generation += 1
             self._closed = True
             self._suspect = False
         for conn in idle:
             conn.close()
+        for call in deferred:
+            if call.conn is not None:
+                call.conn.close()
+                call.conn = None
         _REAPER.close_link(self)
 
     def __repr__(self) -> str:
@@ -550,7 +626,7 @@ class Call:
 
     __slots__ = ("link", "commands", "scripts", "late", "late_for", "limit", "must", "replies",
                  "error", "conn", "deadline", "started", "state", "connecting", "sent", "_owed",
-                 "_retry", "_extra", "_late_ran", "_gen")
+                 "_retry", "_extra", "_late_ran", "_gen", "_until", "_handed")
 
     def __init__(self, link: Link, commands: Sequence[tuple[Any, ...]],
                  scripts: dict[str, str] | None = None, late: Late | None = None,
@@ -575,6 +651,8 @@ class Call:
         self._extra: list[Any] = []           # replies to the script loads and resent commands
         self._late_ran = False
         self._gen = 0
+        self._until = 0.0
+        self._handed = 0.0
 
     @property
     def ok(self) -> bool:
@@ -589,9 +667,12 @@ class Call:
                                else min(link.timeout, self.limit))
         taken = link.take(self.must)
         if taken is _SKIP:
-            self.error = _connection_error(
-                f"{link.name}: skipped (it has not answered an earlier call yet, or failed and "
-                f"is being probed)")
+            self.error = ServerSkipped(f"{link.name}: skipped (its last call failed; it is being "
+                                       f"probed)", busy=False)
+            return
+        if taken is _BUSY:
+            self.error = ServerSkipped(f"{link.name}: skipped (busy: it still owes replies to "
+                                       f"earlier rounds)", busy=True)
             return
         if taken is _CONNECT:
             self.connecting = True
@@ -738,9 +819,9 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
             call.state = "ok" if call.error is None else "failed"
     for call in overdue:
         call.link.failed()
-        _REAPER.add(call)
+        call.link.defer(call)
     for call in late:
-        _REAPER.add(call)
+        call.link.defer(call)
 
 
 def _gather_one(call: Call, now: float) -> None:
@@ -758,7 +839,7 @@ def _gather_one(call: Call, now: float) -> None:
                                 f"{call.deadline - call.started:.3g} s")
     call.state = "failed"
     call.link.failed()
-    _REAPER.add(call)
+    call.link.defer(call)
 
 
 def _wait_one(call: Call) -> bool:
@@ -833,16 +914,52 @@ def _ssl_pending(by_fd: dict[int, Call]) -> list[tuple[int, int]]:
             if call.conn is not None and call.conn.ssl and call.conn.sock.pending()]
 
 
+def _run_late(call: Call) -> Sequence[tuple[Any, ...]] | None:
+    assert call.late is not None
+    try:
+        return call.late(call.replies)
+    except Exception:  # noqa: BLE001 - a late handler must not stop the late reader
+        log.exception("ringkit: a late reply handler raised")
+        return None
+
+
+def _late_step(call: Call, readable: bool) -> bool:
+    """Move a late call on without blocking: write what waits, read what came, run its late
+    handler once every reply is in (sending its follow-ups on the same connection). True once
+    the call owes nothing (or failed)."""
+    conn = call.conn
+    if conn is None:
+        return True
+    try:
+        if conn.writing:
+            conn.flush()
+        if not readable:
+            return False
+        finished = call.pump()
+        if finished and call.conn is not None and call.late is not None \
+                and not call._late_ran:
+            call._late_ran = True
+            follow = _run_late(call)
+            if follow:
+                call.follow_up(follow)
+                finished = call._collect(False)
+        return finished
+    except Exception as exc:  # noqa: BLE001
+        call.fail(exc)
+        return True
+
+
 class _Reaper:
-    """The late reader: one thread per process that reads the replies of calls whose round
-    ended without them, runs their late handlers, sends the follow-ups on the same connection,
-    and gives each connection back once it owes nothing (or closes it when the replies do not
-    come in time)."""
+    """The late reader: one thread per process that takes over the late calls that no round
+    finished within _GRACE of their hand-off, reads their replies when they come, runs their
+    late handlers, sends the follow-ups on the same connection, and gives each connection back
+    once it owes nothing (or closes it when the replies do not come in time)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._incoming: list[tuple[Call, float]] = []
+        self._links: set[Link] = set()       # links with deferred calls
         self._closing: list[Link] = []
+        self._asleep = False
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._wake_r: socket.socket | None = None
@@ -853,8 +970,9 @@ class _Reaper:
         if self._pid == os.getpid() and self._thread is not None:
             return
         self._pid = os.getpid()
-        self._incoming = []
+        self._links = set()
         self._closing = []
+        self._asleep = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -862,22 +980,21 @@ class _Reaper:
                                         name="ringkit-redis-late", daemon=True)
         self._thread.start()
 
-    def add(self, call: Call) -> None:
-        if call.conn is None:
-            return
-        wait = call.late_for if call.late_for is not None else call.link.timeout
-        until = max(call.deadline, call.started + wait)
-        call._gen = call.link.late_started()
+    def watch(self, link: Link) -> None:
+        """`link` has a deferred call: look at it after _GRACE."""
         with self._guard:
             self._ensure()
-            self._incoming.append((call, until))
-            self._wake()
+            self._links.add(link)
+            if self._asleep:
+                self._asleep = False
+                self._wake()
 
     def close_link(self, link: Link) -> None:
         with self._guard:
             if self._thread is None or self._pid != os.getpid():
                 return
             self._closing.append(link)
+            self._asleep = False
             self._wake()
 
     def _wake(self) -> None:
@@ -890,85 +1007,84 @@ class _Reaper:
     def _run(self, wake: socket.socket) -> None:
         poller = select.poll()
         poller.register(wake.fileno(), select.POLLIN)
-        calls: dict[int, tuple[Call, float]] = {}
+        calls: dict[int, Call] = {}
         while True:
             now = time.monotonic()
-            timeout = -1
-            if calls:
-                soonest = min(min(u, c.deadline if c.state == "late" else u)
-                              for c, u in calls.values())
-                timeout = max(0, int((soonest - now) * 1000) + 1)
+            soonest = math.inf
+            for call in calls.values():
+                soonest = min(soonest, call._until,
+                              call.deadline if call.state == "late" else math.inf)
+            with self._guard:
+                if self._links:
+                    soonest = min(soonest, now + _GRACE)
+                elif soonest == math.inf:
+                    self._asleep = True
+            timeout = -1 if soonest == math.inf else max(0, int((soonest - now) * 1000) + 1)
             try:
                 events = poller.poll(timeout)
             except InterruptedError:  # pragma: no cover
                 continue
-            for fd, _ev in events:
+            closing: list[Link] = []
+            for fd, ev in events:
                 if fd == wake.fileno():
                     try:
-                        while wake.recv(4096):
-                            pass
+                        wake.recv(4096)
                     except (BlockingIOError, OSError):
                         pass
                     with self._guard:
-                        incoming, self._incoming = self._incoming, []
                         closing, self._closing = self._closing, []
-                    for call, until in incoming:
-                        assert call.conn is not None
-                        calls[call.conn.fd] = (call, until)
-                        poller.register(call.conn.fd, _READ | _WRITE if call.conn.writing
-                                        else _READ)
-                    for link in closing:
-                        for cfd, (call, _) in list(calls.items()):
-                            if call.link is link:
-                                self._drop(poller, calls, cfd, close=True)
                     continue
-                entry = calls.get(fd)
-                if entry is None:
+                owed = calls.get(fd)
+                if owed is None or owed.conn is None:
                     continue
-                call = entry[0]
-                try:
-                    if _ev & _WRITE and call.conn is not None:
-                        call.conn.flush()
-                        if not call.conn.writing:
-                            poller.modify(fd, _READ)
-                    if not _ev & _READ:
+                if ev & _WRITE:
+                    try:
+                        owed.conn.flush()
+                    except Exception as exc:  # noqa: BLE001
+                        owed.fail(exc)
+                        self._drop(poller, calls, fd, close=False)
                         continue
-                    finished = call.pump()
-                    if finished and call.conn is not None and call.late is not None \
-                            and not call._late_ran:
-                        call._late_ran = True
-                        follow = self._run_late(call)
-                        if follow:
-                            call.follow_up(follow)
-                            if call.conn is not None and call.conn.writing:
-                                poller.modify(fd, _READ | _WRITE)
-                            finished = call._collect(False)
-                except Exception as exc:  # noqa: BLE001
-                    call.fail(exc)
-                    finished = True
-                if finished:
-                    self._drop(poller, calls, fd, close=False)
+                    if not owed.conn.writing:
+                        poller.modify(fd, _READ)
+                if ev & _READ:
+                    if _late_step(owed, True):
+                        self._drop(poller, calls, fd, close=False)
+                    elif owed.conn is not None and owed.conn.writing:
+                        poller.modify(fd, _READ | _WRITE)
+            for link in closing:
+                for cfd, call in list(calls.items()):
+                    if call.link is link:
+                        self._drop(poller, calls, cfd, close=True)
             now = time.monotonic()
-            for fd, (call, until) in list(calls.items()):
-                if until <= now:
+            self._adopt(poller, calls, now)
+            for fd, call in list(calls.items()):
+                if call._until <= now:
                     log.debug("ringkit: %s never answered a late call; closing it", call.link.name)
                     self._drop(poller, calls, fd, close=True)
                 elif call.deadline <= now and call.state == "late":
                     call.state = "overdue"       # slower than its timeout: probe, then use
                     call.link.failed()
 
-    @staticmethod
-    def _run_late(call: Call) -> Sequence[tuple[Any, ...]] | None:
-        assert call.late is not None
-        try:
-            return call.late(call.replies)
-        except Exception:  # noqa: BLE001 - a late handler must not stop the late reader
-            log.exception("ringkit: a late reply handler raised")
-            return None
+    def _adopt(self, poller: Any, calls: dict[int, Call], now: float) -> None:
+        """Take over the deferred calls older than _GRACE from every watched link."""
+        with self._guard:
+            links = list(self._links)
+        for link in links:
+            for call in link.take_deferred(now):
+                conn = call.conn
+                if conn is None:
+                    link.late_finished()
+                    continue
+                calls[conn.fd] = call
+                poller.register(conn.fd, _READ | _WRITE if conn.writing else _READ)
+            with link._guard:
+                if not link._deferred:
+                    with self._guard:
+                        self._links.discard(link)
 
     @staticmethod
-    def _drop(poller: Any, calls: dict[int, tuple[Call, float]], fd: int, *, close: bool) -> None:
-        call, _ = calls.pop(fd)
+    def _drop(poller: Any, calls: dict[int, Call], fd: int, *, close: bool) -> None:
+        call = calls.pop(fd)
         try:
             poller.unregister(fd)
         except (KeyError, ValueError):  # pragma: no cover
@@ -1149,9 +1265,9 @@ class AsyncCall:
         link = self.link
         conn = link.take(self.must)
         if conn is None:
-            self.error = _connection_error(
-                f"{link.name}: skipped (it has not answered an earlier call yet, or failed and "
-                f"is being probed)")
+            why = ("its last call failed; it is being probed" if link._suspect
+                   else "busy: it still owes replies to earlier rounds")
+            self.error = ServerSkipped(f"{link.name}: skipped ({why})", busy=not link._suspect)
             self.finished = True
             return
         generation = link._generation

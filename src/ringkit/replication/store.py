@@ -696,7 +696,9 @@ class ReplicatedStore:
                 out.failed[name] = exc
                 if not pending.call.sent:
                     out.unsent.add(name)
-                self._mark_down(name, exc)
+                if not getattr(exc, "busy", False):
+                    # (a node skipped for owing replies is slow, not down: not marked)
+                    self._mark_down(name, exc)
             else:
                 self._answered(out, name, state, reply)
 

@@ -59,6 +59,7 @@ CAPABILITIES = (
     ("Load balancing", ("bench_balancer.py",)),
     ("Locks", ("bench_lock.py",)),
     ("Replication", ("bench_replication.py",)),
+    ("Slow servers", ("bench_faults.py",)),
 )
 
 

@@ -506,8 +506,8 @@ class Link:
     def give(self, conn: _Conn, generation: int | None = None) -> None:
         """Take back a connection that owes nothing."""
         with self._guard:
-            if self._pid == os.getpid() and (generation is None
-                                              or generation == self._generation):
+            if self._forks == _FORKS and (generation is None
+                                          or generation == self._generation):
                 self._suspect = False
                 self._idle.append(conn)
                 return

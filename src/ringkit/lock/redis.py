@@ -310,7 +310,7 @@ def _run_id(reply: Any) -> str | None:
 # -- rounds ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Round:
     """The servers to ask, the command to send each, and when the round is decided: as soon
     as ``need`` replies satisfy ``ok``, or enough refused or failed that none can. A reply that
@@ -459,9 +459,12 @@ def _acquire_steps(p: _Placement, clock: Callable[[], float], name: str, holder:
     decided is kept (and written the token, and released with the lease); once the attempt
     fails, every grant it may have, in time or late, is released."""
     targets = p.targets(name)
-    unknown = p.unidentified(targets)
-    if unknown:
-        yield from _identify_steps(p, unknown)
+    if not p.identified_all:
+        unknown = p.unidentified(targets)
+        if unknown:
+            yield from _identify_steps(p, unknown)
+    elif p.duplicate is not None:
+        raise p.duplicate
     majority = len(targets) // 2 + 1
     single = len(targets) == 1
     keys, args = p.acquire_args(name, holder, ttl, single)

@@ -49,6 +49,15 @@ def hash_tag(key: str) -> str:
     return key[start + 1:key.index("}", start + 1)]
 
 
+def wait_until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for what follows a round decided before every reply came (a late grant landing or
+    being released); the bound is a hang guard, not a speed requirement."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
 def server_time_us(server) -> int:  # type: ignore[no-untyped-def]
     seconds, micros = server.client().time()
     return seconds * 1_000_000 + micros
@@ -135,14 +144,19 @@ def test_extend_sets_not_adds_and_owned_asks_the_servers(redis_servers, make_bac
     backend = make_backend(servers)
     lock = Lock("e", backend, ttl=10.0)
     lock.acquire()
+    majority = n // 2 + 1
+
+    def remaining() -> list[int]:
+        return [server.client().pttl(f"{PREFIX}{{e}}") for server in servers]
+
+    # A majority holds the lease with the remaining time extend() set (a grant that arrived
+    # after the acquire was decided keeps its own expiry, on a minority).
     lock.extend(1.0)
     assert 0 < lock.validity() <= 1.0
-    for server in servers:
-        assert 0 < server.client().pttl(f"{PREFIX}{{e}}") <= 1000
+    assert sum(1 for t in remaining() if 0 < t <= 1000) >= majority
     lock.extend()
     assert 1.0 < lock.validity() <= 10.0
-    for server in servers:
-        assert 1000 < server.client().pttl(f"{PREFIX}{{e}}") <= 10_000
+    assert sum(1 for t in remaining() if 1000 < t <= 10_000) >= majority
     assert lock.owned()
     for server in servers:            # the lease vanishes behind the client's back
         server.client().delete(f"{PREFIX}{{e}}")
@@ -263,12 +277,12 @@ def test_minority_grants_are_released_and_tokens_still_increase(redis_servers,
             server.client().set(lease, f"intruder-{round_}", px=60_000)
         attempt = Lock("m", backend, ttl=10.0)
         assert not attempt.acquire(blocking=False)
-        for server in servers:
-            value = server.client().get(lease)
-            if server in blocked:
-                assert value == f"intruder-{round_}".encode()
-            else:
-                assert value is None       # the minority grant was released
+        # The minority grant is released: at once when it came in time, right after it
+        # when it came after the attempt was decided by the two refusals.
+        free = next(server for server in servers if server not in blocked)
+        wait_until(lambda: free.client().get(lease) is None)  # noqa: B023
+        for server in blocked:
+            assert server.client().get(lease) == f"intruder-{round_}".encode()
             server.client().delete(lease)
     assert tokens == sorted(set(tokens))
 
@@ -294,6 +308,10 @@ def test_tokens_increase_across_holders_in_random_placements(redis_servers,
         lock = Lock(name, backend, ttl=10.0)
         assert lock.acquire(blocking=False)
         tokens[name].append(lock.token)
+        # A grant that came after the acquire was decided is kept (the lease holds it): let
+        # it land before the lease is dropped.
+        wait_until(lambda: all(by_name[s].client().get(lease) is not None  # noqa: B023
+                               for s in backend.servers_for(name)))  # noqa: B023
         if i % 2:
             lock.release()
         else:

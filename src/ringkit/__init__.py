@@ -15,9 +15,11 @@ from ringkit.errors import (
     LockNotOwnedError,
     LockQuorumError,
     NoAvailableNodeError,
+    PartialWriteError,
     QuorumError,
     RingkitError,
     UnknownNodeError,
+    WriteOutcome,
 )
 from ringkit.lock import AsyncLock, Lock
 from ringkit.replication import ReplicatedStore
@@ -46,9 +48,11 @@ __all__ = [
     "LockNotOwnedError",
     "LockQuorumError",
     "NoAvailableNodeError",
+    "PartialWriteError",
     "QuorumError",
     "RingkitError",
     "UnknownNodeError",
+    "WriteOutcome",
     "__version__",
     "hash64",
     "hash64_many",

@@ -2,26 +2,32 @@
 
 A quorum round asks several servers at once and is over as soon as its outcome is known: a
 majority granted, or too many refused or failed for one to be possible. The sync transport
-sends each server its commands on a connection of ringkit's own, then waits on all their
-sockets together (``poll``) and reads with hiredis, the parser redis-py itself uses; the async
-transport runs one task per server on ``redis.asyncio`` connections. Either way:
+sends each server its commands on a connection of ringkit's own (non-blocking: what the socket
+does not take at once is written from the poll loop), waits on all their sockets together
+(``poll``) and reads with hiredis, the parser redis-py itself uses; the async transport runs one
+task per server on ``redis.asyncio`` connections. Either way:
 
 - **one deadline per call**: a server that does not answer within ``timeout`` of the round's
   start counts as failed, and the round never runs past the latest deadline;
-- **late replies are dealt with after**: a call still owed replies when its round ended is
-  handed over (to one background thread per process, or a task per call under asyncio), which
-  reads the replies when they come and passes them to the call's ``late`` handler (a late lock
-  grant is released there, a late stale version repaired), on the same connection, after the
-  late reply, so a follow-up can never overtake what it follows up; a connection is reused only
-  once every reply it owed was read, and closed when they do not come in time;
-- **a slow server costs one timeout, not one per round**: while a server still owes replies,
-  or its last call failed, rounds skip it (it counts as failed at once) and a background probe
-  (connect, PING) brings it back when it answers again. No round ever waits on a connect to a
-  server that failed before.
+- **late replies are dealt with after**: a call still owed replies when its round ended waits on
+  its link, where the next round that needs a connection to that server finishes it if its
+  replies are in (the common case: a healthy server a few microseconds behind its peers, at no
+  cost of a thread hand-off); a call no round finished within _GRACE is taken over by one
+  background thread per process (under asyncio: its own task). Either passes the late replies to
+  the call's ``late`` handler (a late lock grant is released there, a late stale version
+  repaired) and sends its follow-ups on the same connection, after the late reply, so that a
+  follow-up can never overtake what it follows up; a connection is reused only once every reply
+  it owed was read, and closed when they do not come in time;
+- **a slow server costs one timeout, not one per round**: while a server owes replies on
+  several connections, or its last call failed, rounds skip it (it counts as failed at once:
+  :class:`ServerSkipped`) and a background probe (connect, PING) brings it back when it answers
+  again. No round waits on a connect that needs the server's answer (AUTH, SELECT, TLS) to a
+  server that owes replies or failed.
 
 redis-py makes every connection (its connection class and settings: host, port, db, TLS,
-credentials, RESP version) and sends; hiredis parses. ``Link.close()`` closes every connection
-that ringkit opened to the server, the one owed late replies included.
+credentials) and sends the handshake; ringkit's own connections speak RESP2 and skip CLIENT
+SETINFO. ``Link.close()`` closes every connection that ringkit opened to the server, the ones
+owed late replies included.
 """
 
 from __future__ import annotations

@@ -154,3 +154,37 @@ def test_a_healthy_server_is_not_skipped_in_a_tight_loop(redis_servers) -> None:
         store.get(f"k{(i * 7) % 500}")
     assert [e for e in events if e.startswith("node_down")] == []
     store.close()
+
+
+@pytest.mark.redis
+def test_an_interrupted_round_hands_its_calls_over_like_late_ones(redis_servers, proxy) -> None:  # type: ignore[no-untyped-def]
+    """KeyboardInterrupt while a round waits: the calls still owed replies are not left
+    half-read; their late handlers run when the replies come (a grant would be released)."""
+    servers = redis_servers(2)
+    links = [proxy.link(s.port) for s in servers]
+    ringkit_links = [Link(redis.Redis.from_url(link.url), 0.5) for link in links]
+    done: list[int] = []
+
+    def late(index: int):  # type: ignore[no-untyped-def]
+        def handler(replies):  # type: ignore[no-untyped-def]
+            done.append(index)
+            return [("SET", f"after{index}", "1")]
+        return handler
+
+    for link in links:
+        link.blackhole("down")
+    calls = [Call(rk, [("SET", f"k{i}", "v")], late=late(i), late_for=10.0)
+             for i, rk in enumerate(ringkit_links)]
+
+    def interrupt() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gather(calls, interrupt)
+    assert all(call.state == "late" for call in calls)
+    for link in links:
+        link.heal()
+    _wait(lambda: sorted(done) == [0, 1])
+    _wait(lambda: all(s.client().get(f"after{i}") == b"1" for i, s in enumerate(servers)))
+    for rk in ringkit_links:
+        rk.close()

@@ -791,6 +791,19 @@ def gather(calls: Sequence[Call], decided: Callable[[], bool] | None = None) -> 
     they come, until `decided()` is true, every call finished, or every call's deadline passed.
     Replies already there when the round is decided are read too; calls still owed replies are
     handed to the late reader. Afterwards each call's ``state`` is "ok", "failed" or "late"."""
+    try:
+        _gather(calls, decided)
+    except BaseException:
+        # Interrupted (KeyboardInterrupt, a signal handler raising): what is still owed is
+        # late, so a grant sent for is still released, and no connection is left half-read.
+        for call in calls:
+            if call.conn is not None and call.state is None:
+                call.state = "late"
+                call.link.defer(call)
+        raise
+
+
+def _gather(calls: Sequence[Call], decided: Callable[[], bool] | None) -> None:
     now = time.monotonic()
     if len(calls) == 1:
         _gather_one(calls[0], now)

@@ -233,7 +233,9 @@ def _redis_store(ports: Sequence[int]) -> Any:
     from ringkit.replication import RedisNode, ReplicatedStore
 
     nodes = {f"redis-{i}": RedisNode(_client(p), name=f"redis-{i}") for i, p in enumerate(ports)}
-    return ReplicatedStore(nodes, replicas=3, write_quorum=2, read_quorum=2)
+    store = ReplicatedStore(nodes, replicas=3, write_quorum=2, read_quorum=2)
+    store.initialize()   # new servers (the first store marks them; the others find them marked)
+    return store
 
 
 def _item_key(store: Any, key: str) -> str:

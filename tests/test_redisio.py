@@ -188,3 +188,22 @@ def test_an_interrupted_round_hands_its_calls_over_like_late_ones(redis_servers,
     _wait(lambda: all(s.client().get(f"after{i}") == b"1" for i, s in enumerate(servers)))
     for rk in ringkit_links:
         rk.close()
+
+
+@pytest.mark.redis
+def test_no_late_call_is_stranded(redis_servers) -> None:  # type: ignore[no-untyped-def]
+    """Thousands of rounds decided at 2 of 3, with their third replies finished inline by later
+    rounds or by the late reader: once the traffic stops, every call owed is settled (none
+    waits on its link with nobody to finish it)."""
+    servers = redis_servers(3)
+    links = [Link(s.client(), 0.5) for s in servers]
+    end = time.monotonic() + 2.0
+    rounds = 0
+    while time.monotonic() < end:
+        calls = [Call(link, [("PING",)]) for link in links]
+        gather(calls, lambda calls=calls: sum(c.ok for c in calls) >= 2)  # type: ignore[misc]
+        rounds += 1
+    assert rounds > 100
+    _wait(lambda: all(link._late == 0 and not link.deferred for link in links))
+    for link in links:
+        link.close()

@@ -484,6 +484,9 @@ class Link:
         if keep:
             with self._guard:
                 self._deferred[:0] = keep
+            # The late reader may have swept this link while the calls were out, found nothing
+            # and stopped watching it: watch again, or they would wait for a round forever.
+            _REAPER.watch(self)
         return free
 
     def take_deferred(self, now: float, everything: bool = False) -> list[Call]:

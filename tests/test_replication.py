@@ -846,8 +846,10 @@ def test_bad_membership_changes(store: ReplicatedStore) -> None:
         store.add_node("m0", MemoryNode())
     with pytest.raises(TypeError, match="node"):
         store.add_node("x", object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="name"):
+        store.add_node("", MemoryNode())        # (an empty name is a bad value, as in the ring)
     with pytest.raises(TypeError, match="name"):
-        store.add_node("", MemoryNode())
+        store.add_node(3, MemoryNode())  # type: ignore[arg-type]
     store.remove_node("m3")
     with pytest.raises(ValueError, match="fewer nodes than replicas"):
         store.remove_node("m2")

@@ -33,6 +33,7 @@ class MemoryNode:
         self._hints: dict[str, dict[str, Record]] = {}
         self._marker: str | None = None
         self._floor = 0
+        self._last_state = NodeState(None, 0)     # replies share it until marker or floor change
         self._members: set[str] = set()
         self._down = False
         self._new = True      # never revived empty: nothing it ever acknowledged was lost
@@ -65,7 +66,10 @@ class MemoryNode:
         return self._new
 
     def _state(self) -> NodeState:
-        return NodeState(self._marker, self._floor)
+        state = self._last_state
+        if state.marker != self._marker or state.floor != self._floor:
+            state = self._last_state = NodeState(self._marker, self._floor)
+        return state
 
     # -- the node interface -----------------------------------------------------------------------
 

@@ -7,26 +7,24 @@ quorum stored it. With ``read_quorum + write_quorum > replicas`` every read quor
 write quorum, so a read sees the newest acknowledged version and a new write is numbered above
 every acknowledged one, also after a failover: that is what the default (strong) mode enforces.
 
-A round asks its nodes at once and ends as soon as its outcome is decided (every key has its
-quorum, or can no longer get it), never later than the nodes' socket timeouts; replies that
-come later feed read repair (see ringkit._redisio).
+This module is the key-value API and its versions; the rounds and the nodes' state are in
+rounds.py, where keys live in placement.py, repair, handoff and rebalance in maintenance.py,
+and eventual mode's background copies in replicator.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ringkit._redisio import gather
 from ringkit.errors import (
     PartialWriteError,
     QuorumError,
@@ -34,17 +32,13 @@ from ringkit.errors import (
     UnknownNodeError,
     WriteOutcome,
 )
-from ringkit.replication.base import (
-    MARKER_READY,
-    MARKER_RECOVERING,
-    MAX_COUNTER,
-    Node,
-    NodeDown,
-    NodeState,
-    Record,
-    Version,
-)
-from ringkit.ring import HashRing
+from ringkit.replication import maintenance
+from ringkit.replication.base import MAX_COUNTER, Node, Record, Version
+from ringkit.replication.maintenance import RepairReport
+from ringkit.replication.placement import Placement
+from ringkit.replication.replicator import Replicator
+from ringkit.replication.rounds import NOW, NodeTable, OneTally, Outcome, Tally, reconcile
+from ringkit.validation import check_name
 
 __all__ = ["ReplicatedStore", "VersionConflictError", "RepairReport", "ReplicationEvent"]
 
@@ -74,142 +68,11 @@ class ReplicationEvent:
     detail: str = ""
 
 
-@dataclass
-class RepairReport:
-    """What :meth:`ReplicatedStore.repair` did."""
-
-    keys_checked: int = 0
-    replicas_repaired: int = 0
-    tombstones_purged: int = 0
-    hints_delivered: int = 0
-    nodes_refilled: list[str] = field(default_factory=list)
-    nodes_unreachable: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Outcome:
-    replies: dict[str, Any] = field(default_factory=dict)
-    failed: dict[str, BaseException] = field(default_factory=dict)
-    # Nodes whose reply counts towards a quorum: decided by the marker that came back with
-    # that reply, not by what the store believes later (a repair may have marked the node
-    # refilled after it answered from before the refill).
-    counted: set[str] = field(default_factory=set)
-    # Nodes that had not answered when the round was decided (their replies come later).
-    late: set[str] = field(default_factory=set)
-    # Failed nodes that were never sent the operation (marked down, skipped, not connected).
-    unsent: set[str] = field(default_factory=set)
-    floors: dict[str, int] = field(default_factory=dict)
-
-    def reached(self, names: Iterable[str]) -> bool:
-        """Whether the operation may have been applied by one of `names` (it answered, is
-        late, or failed after it was sent)."""
-        return any(n in self.replies or n in self.late
-                   or (n in self.failed and n not in self.unsent) for n in names)
-
-    def floor(self, names: Iterable[str] | None = None) -> int:
-        """The largest version floor among the nodes that answered (of `names`)."""
-        if names is None:
-            return max(self.floors.values(), default=0)
-        return max((self.floors[n] for n in names if n in self.floors), default=0)
-
-
-class _OneTally:
-    """_Tally for a round about one key (no numpy: a single put or get pays nothing for it)."""
-
-    __slots__ = ("need", "nodes", "ok", "good", "pending", "seen", "extra")
-
-    def __init__(self, need: int, nodes: Iterable[str],
-                 ok: Callable[[Any], Sequence[bool]] | None = None,
-                 extra: Iterable[str] = ()) -> None:
-        self.need = need
-        self.nodes = set(nodes)
-        self.ok = ok
-        self.good = 0
-        self.pending = len(self.nodes)
-        self.seen: set[str] = set()
-        self.extra = extra
-
-    def answer(self, name: str, counted: bool, reply: Any) -> None:
-        if name not in self.nodes or name in self.seen:
-            return
-        self.seen.add(name)
-        self.pending -= 1
-        if (counted or name in self.extra) and (self.ok is None or self.ok(reply)[0]):
-            self.good += 1
-
-    def fail(self, name: str) -> None:
-        if name in self.nodes and name not in self.seen:
-            self.seen.add(name)
-            self.pending -= 1
-
-    def decided(self) -> bool:
-        return self.good >= self.need or self.good + self.pending < self.need
-
-
-class _Tally:
-    """Counts, per key of a round, the replies that count towards its quorum, so that the round
-    can end as soon as every key has its quorum or can no longer get it.
-
-    ``index`` maps each node to the positions of its keys; ``ok(reply)`` says, per key of a
-    node's reply, whether it counts (None: every key of a counted node counts).
-    """
-
-    __slots__ = ("need", "index", "ok", "good", "pending", "seen", "extra")
-
-    def __init__(self, need: int, n_keys: int, index: Mapping[str, Sequence[int]],
-                 ok: Callable[[Any], Sequence[bool]] | None = None,
-                 extra: Iterable[str] = ()) -> None:
-        self.need = need
-        self.index = {n: np.asarray(ix, dtype=np.intp) for n, ix in index.items()}
-        self.ok = ok
-        self.good = np.zeros(n_keys, dtype=np.int64)
-        self.pending = np.zeros(n_keys, dtype=np.int64)
-        for ix in self.index.values():
-            self.pending[ix] += 1
-        self.seen: set[str] = set()
-        self.extra = set(extra)     # nodes that count whatever their marker (stand-ins)
-
-    @staticmethod
-    def single(need: int, nodes: Iterable[str], ok: Callable[[Any], Sequence[bool]] | None
-               = None, extra: Iterable[str] = ()) -> _OneTally:
-        return _OneTally(need, nodes, ok, extra)
-
-    def answer(self, name: str, counted: bool, reply: Any) -> None:
-        ix = self.index.get(name)
-        if ix is None or name in self.seen:
-            return
-        self.seen.add(name)
-        self.pending[ix] -= 1
-        if counted or name in self.extra:
-            if self.ok is None:
-                self.good[ix] += 1
-            else:
-                self.good[ix] += np.asarray(self.ok(reply), dtype=np.int64)
-
-    def fail(self, name: str) -> None:
-        ix = self.index.get(name)
-        if ix is None or name in self.seen:
-            return
-        self.seen.add(name)
-        self.pending[ix] -= 1
-
-    def decided(self) -> bool:
-        return bool(np.all((self.good >= self.need) | (self.good + self.pending < self.need)))
-
-
-_NOW = _Tally(0, 0, {})        # a round that is decided at once: fire and forget (read repair)
-
-
 def _check_key(key: object) -> str:
+    """A key: any str (the empty one too) that encodes to UTF-8."""
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
-    if not key.isascii():
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"key must encode to UTF-8: {exc.reason} at position "
-                             f"{exc.start}") from None
-    return key
+    return check_name(key, "key") if key else key
 
 
 def _check_value(value: object) -> bytes:
@@ -228,8 +91,11 @@ def _check_count(value: object, argname: str) -> int:
     return value
 
 
-def _newest(records: Iterable[Record | None]) -> Record | None:
-    return max((r for r in records if r is not None), key=lambda r: r.version, default=None)
+def _check_seconds(value: object, argname: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{argname} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 class ReplicatedStore:
@@ -291,8 +157,7 @@ class ReplicatedStore:
         if not nodes:
             raise ValueError("nodes must not be empty")
         for name, node in nodes.items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"nodes: names must be non-empty str, got {name!r}")
+            check_name(name, "nodes")
             if not isinstance(node, Node):
                 raise TypeError(f"nodes[{name!r}] must be a node (MemoryNode, RedisNode), got "
                                 f"{type(node).__name__}")
@@ -332,49 +197,39 @@ class ReplicatedStore:
             raise TypeError(f"writer_id must be a str, got {type(writer_id).__name__}")
         elif not writer_id or any(c not in "0123456789abcdef" for c in writer_id):
             raise ValueError("writer_id must be a non-empty str of lowercase hex digits")
-        for argname, value in (("tombstone_grace", tombstone_grace),
-                               ("down_backoff", down_backoff), ("timeout", timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{argname} must be a finite number of seconds >= 0, got "
-                                 f"{value!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError("on_event must be callable or None")
         self.consistency = consistency
         self.sloppy = sloppy
         self.store_id = store_id
         self.writer_id = writer_id
-        self.tombstone_grace = float(tombstone_grace)
-        self._ready = f"{MARKER_READY}:{store_id}:"
-        self._down_backoff = float(down_backoff)
-        self._timeout = float(timeout)
-        self._vnodes = vnodes
+        self.tombstone_grace = _check_seconds(tombstone_grace, "tombstone_grace")
+        self._timeout = _check_seconds(timeout, "timeout")
         self._on_event = on_event
         self._wall = wall_clock
         self._clock = clock
         self._state = threading.RLock()
         self._nodes: dict[str, Node] = dict(nodes)
-        self._everyone: dict[str, Node] = dict(nodes)
-        self._ring = HashRing(list(self._nodes), vnodes=vnodes)
-        self._pending: tuple[HashRing, dict[str, Node]] | None = None   # before rebalance()
-        self._markers: dict[str, str | None] = {}
-        self._counting: dict[str, bool] = {}
-        self._floors: dict[str, int] = {}
-        self._down_until: dict[str, float] = {}
-        self._own: dict[str, Record] = {}          # eventual mode: this instance's writes
+        self._table = NodeTable(self._nodes, store_id=store_id,
+                                down_backoff=_check_seconds(down_backoff, "down_backoff"),
+                                clock=clock, emit=self._emit)
+        self._placement = Placement(self._nodes, replicas=self.replicas, vnodes=vnodes,
+                                    sloppy=sloppy, is_live=self._table.is_live)
+        self._gone: dict[str, Node] = {}         # removed nodes, read until rebalance()
+        self._own: dict[str, Record] = {}        # eventual mode: this instance's writes
         self._known: dict[str, Version | None] = {}  # last version seen per key (bounded)
         self._seq = 0     # per-write sequence number, the tie-break's second half
         self._fast = 2 * self.write_quorum > self.replicas
-        self._queue: queue.Queue[tuple[Record, list[str]] | None] | None = None
+        self._replicator: Replicator | None = None
         if consistency == "eventual" and self.write_quorum == 1 and self.replicas > 1:
-            self._queue = queue.Queue(maxsize=queue_size)
-            self._replicator = threading.Thread(target=self._replicate_loop,
-                                                name="ringkit-replicator", daemon=True)
-            self._replicator.start()
+            self._replicator = Replicator(self._copy, size=queue_size, timeout=self._timeout,
+                                          clock=clock)
         for name, node in self._nodes.items():
-            self._adopt(name, node)
-        if any(self._counting.values()):
-            self._remember_members()
+            self._table.adopt(name, node)
+        if self._table.any_counted():
+            self._table.remember_members()
 
-    # -- node state -------------------------------------------------------------------------------
+    # -- events and node state --------------------------------------------------------------------
 
     def _emit(self, kind: str, node: str | None, detail: str = "") -> None:
         log.info("ringkit replication: %s %s %s", kind, node or "", detail)
@@ -384,119 +239,17 @@ class ReplicatedStore:
             except Exception:
                 log.exception("ringkit replication on_event hook raised")
 
-    def _marker(self, state: str) -> str:
-        return f"{state}:{self.store_id}:{secrets.token_hex(6)}"
-
-    def _counted(self, marker: str | None) -> bool:
-        """Whether a reply that came with `marker` counts towards a quorum of this store."""
-        if marker is None:
-            return False
-        if marker.startswith(self._ready):
-            return True
-        # Markers written by ringkit 0.1 ("ready:<epoch>") belong to the default store id.
-        return (self.store_id == "default" and marker.startswith(MARKER_READY + ":")
-                and marker.count(":") == 1)
-
-    def _foreign(self, marker: str | None) -> bool:
-        if marker is None or marker.count(":") < 2:
-            return False
-        return marker.split(":", 2)[1] != self.store_id
-
-    def _adopt(self, name: str, node: Node) -> None:
-        """Learn a node's marker. A node without one counts only if it is new by construction
-        (an in-process MemoryNode); a Redis node needs initialize() or repair()."""
-        try:
-            marker = node.get_marker()
-            if marker is None and getattr(node, "is_new", lambda: False)():
-                node.set_marker(self._marker(MARKER_READY), only_if_missing=True)
-                marker = node.get_marker()
-        except Exception as exc:  # noqa: BLE001 - an unreachable node is adopted later
-            self._mark_down(name, exc)
-            return
-        if marker is None:
-            log.info("ringkit replication: %s has no marker: it counts once initialize() or "
-                     "repair() made it ready", name)
-            with self._state:
-                self._markers[name] = None
-                self._counting[name] = False
-            return
-        self._observe(name, marker)
-
-    def _observe(self, name: str, marker: str | None) -> None:
-        """Update what we know of a node from the marker it answered with."""
-        if marker is not None and self._markers.get(name) == marker \
-                and name not in self._down_until:
-            return  # nothing changed: the common case, without taking the lock
-        if marker is None:
-            # The node lost its data (restarted empty): it counts for nothing until repaired.
-            node = self._all_nodes().get(name)
-            if node is not None:
-                try:
-                    node.set_marker(self._marker(MARKER_RECOVERING), only_if_missing=True)
-                    marker = node.get_marker()
-                except Exception as exc:  # noqa: BLE001
-                    self._mark_down(name, exc)
-                    return
-            self._emit("node_empty", name, "epoch marker vanished: excluded from quorums "
-                                           "until repair()")
-        elif self._foreign(marker) and self._markers.get(name) != marker:
-            self._emit("node_foreign", name, f"its marker {marker!r} belongs to another store "
-                                             f"id: it counts towards no quorum of "
-                                             f"{self.store_id!r}")
-        with self._state:
-            counting = self._counted(marker)
-            self._markers[name] = marker
-            was = self._counting.get(name)
-            self._counting[name] = counting
-            if name in self._down_until:
-                del self._down_until[name]
-                self._emit("node_up", name)
-        if was and not counting and marker is not None:
-            log.warning("ringkit replication: %s is recovering; not counted until repaired", name)
-
-    def _note_floor(self, name: str, floor: int) -> None:
-        if floor > self._floors.get(name, 0):
-            with self._state:
-                if floor > self._floors.get(name, 0):
-                    self._floors[name] = floor
-
-    def _mark_down(self, name: str, exc: BaseException) -> None:
-        with self._state:
-            first = name not in self._down_until
-            self._down_until[name] = self._clock() + self._down_backoff
-        if first:
-            self._emit("node_down", name, f"{type(exc).__name__}: {exc}")
-
     def probe(self) -> dict[str, str]:
         """Ask every node now (ignoring the down backoff, and reconnecting to nodes that
         failed) and return :meth:`status`."""
-        with self._state:
-            self._down_until = {n: 0.0 for n in self._down_until}
-        for node in self._all_nodes().values():
-            reconnect = getattr(node, "reconnect", None)
-            if reconnect is not None:
-                reconnect()
-        self._round("read", {name: ([],) for name in self._all_nodes()}, every=True)
+        self._table.probe()
         return self.status()
 
-    def _is_live(self, name: str) -> bool:
-        until = self._down_until.get(name)
-        return until is None or self._clock() >= until
-
-    def _counts(self, name: str) -> bool:
-        return self._counting.get(name, False)
-
-    def _all_nodes(self) -> dict[str, Node]:
-        """Every node a call may go to (the current ones, and the old ones until rebalance());
-        a snapshot replaced on membership changes, never changed in place."""
-        return self._everyone
-
-    def _membership_changed(self) -> None:
-        # Caller holds self._state.
-        nodes = dict(self._nodes)
-        if self._pending is not None:
-            nodes.update(self._pending[1])
-        self._everyone = nodes
+    def status(self) -> dict[str, str]:
+        """Each node's state: "up", "down" (its last call failed and it has not answered
+        since) or "recovering" (no marker of this store's that says ready: back empty, new
+        and not initialized, or another store's)."""
+        return self._table.status()
 
     def initialize(self) -> list[str]:
         """Mark the nodes that have no marker and are new as ready, so that they count at once;
@@ -507,226 +260,14 @@ class ReplicatedStore:
         as a member of this store (it restarted empty) is not marked: :meth:`repair` refills
         it first. Never clear the nodes' ``__members__`` keys to get around this.
         """
-        nodes = self._all_nodes()
-        markers: dict[str, str | None] = {}
-        remembered: set[str] = set()
-        for name, node in nodes.items():
-            try:
-                markers[name] = node.get_marker()
-                if hasattr(node, "members"):
-                    remembered |= set(node.members())
-            except Exception as exc:  # noqa: BLE001
-                self._mark_down(name, exc)
-        marked = []
-        for name, marker in markers.items():
-            if marker is not None:
-                self._observe(name, marker)
-                continue
-            node = nodes[name]
-            if name in remembered:
-                log.warning("ringkit replication: %s was a member of this store and lost its "
-                            "data; repair() refills it", name)
-                self._observe(name, None)
-                continue
-            try:
-                if node.set_marker(self._marker(MARKER_READY), only_if_missing=True):
-                    marked.append(name)
-                self._observe(name, node.get_marker())
-            except Exception as exc:  # noqa: BLE001
-                self._mark_down(name, exc)
-        self._remember_members()
-        return marked
-
-    def _remember_members(self) -> None:
-        """Record on every node the names of this store's ready nodes (initialize() refuses to
-        mark a node that the others remember, since it must have lost its data)."""
-        ready = sorted(n for n in self._all_nodes() if self._counts(n))
-        for name, node in self._all_nodes().items():
-            if hasattr(node, "add_members") and self._is_live(name):
-                try:
-                    node.add_members(ready)
-                except Exception as exc:  # noqa: BLE001
-                    self._mark_down(name, exc)
-
-    # -- placement --------------------------------------------------------------------------------
+        return maintenance.initialize(self._table)
 
     def preference_list(self, key: str) -> list[str]:
         """The key's replica nodes, primary first."""
-        return self._ring.preference_list(_check_key(key), self.replicas)
+        return self._placement.preference_list(_check_key(key))
 
-    def _targets(self, key: str) -> tuple[list[str], dict[str, str]]:
-        """Nodes to ask for `key`: its replicas (plus, before rebalance(), its old replicas),
-        with stand-ins for down replicas when sloppy; and {stand-in: replica it stands for}."""
-        with self._state:
-            ring, pending = self._ring, self._pending
-        prefs = ring.preference_list(key, self.replicas)
-        targets = list(prefs)
-        if pending is not None:
-            for name in pending[0].preference_list(key, min(self.replicas, len(pending[0]))):
-                if name not in targets:
-                    targets.append(name)
-        standins: dict[str, str] = {}
-        if self.sloppy:
-            down = [n for n in prefs if not self._is_live(n)]
-            if down:
-                extra = [n for n in ring.preference_list(key, len(ring))
-                         if n not in targets and self._is_live(n)]
-                for replica, standin in zip(down, extra):
-                    standins[standin] = replica
-                    targets.append(standin)
-        return targets, standins
-
-    def _targets_many(self, keys: Sequence[str]) -> list[list[str]]:
-        """_targets for a batch: one vectorised ring lookup when no rebalance is pending and
-        no stand-in is needed."""
-        with self._state:
-            ring, pending = self._ring, self._pending
-        if pending is None and not self.sloppy and keys:
-            names = ring.nodes
-            rows = ring.preference_many(list(keys), self.replicas).tolist()
-            return [[names[i] for i in row] for row in rows]
-        return [self._targets(key)[0] for key in keys]
-
-    def _standin(self, key: str, exclude: Iterable[str]) -> str | None:
-        """The next live node along the ring for `key` that is not in `exclude`."""
-        skip = set(exclude)
-        for name in self._ring.preference_list(key, len(self._ring)):
-            if name not in skip and self._is_live(name):
-                return name
-        return None
-
-    # -- parallel calls ---------------------------------------------------------------------------
-
-    def _round(self, op: str, args: Mapping[str, tuple[Any, ...]], *,
-               tally: _Tally | _OneTally | None = None,
-               late: Callable[[str, Node], Any] | None = None,
-               every: bool = False) -> _Outcome:
-        """Send ``op`` to every node named in `args` at once and collect the answers, until
-        `tally` says the outcome is decided (None: every node answered or timed out). A node
-        that is marked down, or fails, lands in ``failed``; one that had not answered when the
-        round was decided in ``late``, and its reply goes to ``late(name, node)``'s handler.
-        In-process nodes are simply called. `every` (maintenance: repair, probe) asks even
-        a node that a quorum round would skip for owing replies or having just failed."""
-        out = _Outcome()
-        nodes = self._everyone
-        down = self._down_until
-        network: list[tuple[str, Any]] = []
-        blocking: list[tuple[str, Any]] = []
-        for name, node_args in args.items():
-            node = nodes.get(name)
-            if node is None:
-                out.failed[name] = UnknownNodeError(name)
-                out.unsent.add(name)
-            elif name in down and not self._is_live(name):
-                out.failed[name] = NodeDown(f"{name} is marked down (asked again after "
-                                            f"{self._down_backoff} s)")
-                out.unsent.add(name)
-            elif getattr(node, "in_process", False):
-                try:
-                    state, reply = getattr(node, op)(*node_args)
-                except Exception as exc:  # noqa: BLE001 - counted against the quorum
-                    out.failed[name] = exc
-                    if isinstance(exc, NodeDown):
-                        out.unsent.add(name)
-                    self._mark_down(name, exc)
-                else:
-                    self._answered(out, name, state, reply)
-                    if tally is not None:
-                        tally.answer(name, name in out.counted, reply)
-                continue
-            else:
-                try:
-                    pending = node.submit(op, *node_args)
-                except Exception as exc:  # noqa: BLE001
-                    out.failed[name] = exc
-                    out.unsent.add(name)
-                    self._mark_down(name, exc)
-                else:
-                    call = getattr(pending, "call", None)
-                    if call is None:
-                        blocking.append((name, pending))
-                    else:
-                        call.must = every
-                        if late is not None:
-                            call.late = late(name, node)
-                        network.append((name, pending))
-                continue
-            if tally is not None:
-                tally.fail(name)
-        if network:
-            self._gather(network, tally, out)
-        for name, pending in blocking:
-            try:
-                state, reply = pending.result()
-            except Exception as exc:  # noqa: BLE001 - counted against the quorum
-                out.failed[name] = exc
-                self._mark_down(name, exc)
-            else:
-                self._answered(out, name, state, reply)
-        return out
-
-    def _gather(self, network: list[tuple[str, Any]], tally: _Tally | _OneTally | None,
-                out: _Outcome) -> None:
-        decided = None
-        if tally is not None:
-            def decided() -> bool:
-                for name, pending in network:
-                    if name in tally.seen:
-                        continue
-                    call = pending.call
-                    if call.error is not None:
-                        tally.fail(name)
-                    elif call.ok:
-                        try:
-                            state, reply = pending.parse()
-                        except Exception:  # noqa: BLE001
-                            tally.fail(name)
-                            continue
-                        tally.answer(name, self._counted(state.marker), reply)
-                return tally.decided()
-        gather([pending.call for _, pending in network], decided)
-        for name, pending in network:
-            state_of = pending.call.state
-            if state_of == "late":
-                out.late.add(name)
-                continue
-            try:
-                state, reply = pending.parse()
-            except Exception as exc:  # noqa: BLE001 - counted against the quorum
-                out.failed[name] = exc
-                if not pending.call.sent:
-                    out.unsent.add(name)
-                if not getattr(exc, "busy", False):
-                    # (a node skipped for owing replies is slow, not down: not marked)
-                    self._mark_down(name, exc)
-            else:
-                self._answered(out, name, state, reply)
-
-    def _answered(self, out: _Outcome, name: str, state: NodeState, reply: Any) -> None:
-        marker = state.marker
-        if marker is None or self._markers.get(name) != marker or name in self._down_until:
-            self._observe(name, marker)
-        if state.floor:
-            self._note_floor(name, state.floor)
-        out.floors[name] = state.floor
-        out.replies[name] = reply
-        if self._counted(marker):
-            out.counted.add(name)
-
-    def _late_repair(self, keys_of: Mapping[str, Sequence[str]], newest: dict[str, Record]
-                     ) -> Callable[[str, Node], Any]:
-        """Late handlers for a read: a node whose replies come after the read was decided is
-        written the newest versions the read found, where it holds older ones."""
-
-        def for_node(name: str, node: Node) -> Any:
-            repair = getattr(node, "read_repair", None)
-            return None if repair is None else repair(keys_of[name], newest)
-
-        return for_node
-
-    def _quorum_error(self, action: str, key: str, need: int, got: int,
-                      out: _Outcome, outcome: Literal["failed", "unknown"] | None = None
-                      ) -> QuorumError:
+    def _quorum_error(self, action: str, key: str, need: int, got: int, out: Outcome,
+                      outcome: Literal["failed", "unknown"] | None = None) -> QuorumError:
         failed: dict[str, object] = dict(out.failed)
         for name in out.replies:
             if name not in out.counted:
@@ -767,6 +308,26 @@ class ReplicatedStore:
                 del known[next(iter(known))]
             known[key] = version
 
+    def _own_version(self, key: str, version: Version | None) -> Version | None:
+        """`version`, or this instance's own write's if newer: eventual mode reads its own
+        writes (and numbers the next one above them) even from replicas that lack them."""
+        own = self._own.get(key)
+        if own is not None and (version is None or own.version > version):
+            return own.version
+        return version
+
+    def _remember(self, record: Record) -> None:
+        # Eventual mode: this instance reads its own writes even from stale replicas.
+        with self._state:
+            held = self._own.get(record.key)
+            if held is None or record.version > held.version:
+                self._own[record.key] = record
+            if len(self._own) > 100_000:
+                self._own.pop(next(iter(self._own)))
+
+    def _record(self, key: str, value: bytes | None, version: Version) -> Record:
+        return Record(key, value, version, 0 if value is not None else int(self._wall() * 1000))
+
     # -- reads ------------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
@@ -775,49 +336,36 @@ class ReplicatedStore:
 
     def get_versioned(self, key: str) -> tuple[bytes | None, Version | None]:
         """(value, version) of `key`; (None, version) for a deleted key, (None, None) if absent."""
-        newest = self._read_newest(_check_key(key))
-        if newest is None:
+        found = self._read([_check_key(key)], "get")[0]
+        if found is None:
             return None, None
-        return newest.value, newest.version
-
-    def _read_newest(self, key: str) -> Record | None:
-        targets, _ = self._targets(key)
-        found: dict[str, Record] = {}
-        out = self._round("read", {n: ([key],) for n in targets},
-                          tally=_Tally.single(self.read_quorum, targets),
-                          late=self._late_repair({n: [key] for n in targets}, found))
-        counted = [n for n in out.replies if n in out.counted]
-        if len(counted) < self.read_quorum:
-            raise self._quorum_error("get", key, self.read_quorum, len(counted), out)
-        records = {n: out.replies[n][0] for n in out.replies}
-        newest = _newest(records.values())
-        own = self._own.get(key)
-        if own is not None and (newest is None or own.version > newest.version):
-            newest = own
-        self._learn(key, None if newest is None else newest.version)
-        if newest is not None:
-            found[key] = newest
-            stale = [n for n, r in records.items() if r is None or r.version < newest.version]
-            if stale:
-                self._round("write", {n: ([newest],) for n in stale}, tally=_NOW)
-        return newest
+        return found.value, found.version
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of many keys, one pipelined call per node."""
-        records = self._read_many([_check_key(k) for k in keys])
+        records = self._read([_check_key(k) for k in keys], "get_many")
         return [None if r is None else r.value for r in records]
 
-    def _read_many(self, keys: Sequence[str]) -> list[Record | None]:
+    def _read(self, keys: Sequence[str], action: str) -> list[Record | None]:
+        """Each key's newest record from a read quorum of its replicas; the stale replicas that
+        answered are repaired (late ones when their replies come)."""
+        if not keys:
+            return []
         per_node: dict[str, list[str]] = {}
         index: dict[str, list[int]] = {}
-        for i, (key, targets) in enumerate(zip(keys, self._targets_many(keys))):
-            for n in targets:
-                per_node.setdefault(n, []).append(key)
-                index.setdefault(n, []).append(i)
-        found: dict[str, Record] = {}
-        out = self._round("read", {n: (ks,) for n, ks in per_node.items()},
-                          tally=_Tally(self.read_quorum, len(keys), index),
-                          late=self._late_repair(per_node, found))
+        if len(keys) == 1:
+            targets = self._placement.targets(keys[0])[0]
+            per_node = {n: [keys[0]] for n in targets}
+            tally: Tally | OneTally = OneTally(self.read_quorum, targets)
+        else:
+            for i, (key, targets) in enumerate(zip(keys, self._placement.targets_many(keys))):
+                for n in targets:
+                    per_node.setdefault(n, []).append(key)
+                    index.setdefault(n, []).append(i)
+            tally = Tally(self.read_quorum, len(keys), index)
+        best: dict[str, Record] = {}
+        out = self._table.round("read", {n: (ks,) for n, ks in per_node.items()}, tally=tally,
+                                late=self._late_repair(per_node, best))
         answers: dict[str, dict[str, Record | None]] = {}
         for n, records in out.replies.items():
             for key, record in zip(per_node[n], records):
@@ -828,21 +376,28 @@ class ReplicatedStore:
             got = answers.get(key, {})
             counted = sum(1 for n in got if n in out.counted)
             if counted < self.read_quorum:
-                raise self._quorum_error("get_many", key, self.read_quorum, counted, out)
-            newest = _newest(got.values())
-            own = self._own.get(key)
-            if own is not None and (newest is None or own.version > newest.version):
-                newest = own
-            results.append(newest)
-            self._learn(key, None if newest is None else newest.version)
-            if newest is not None:
-                found[key] = newest
-                for n, r in got.items():
-                    if r is None or r.version < newest.version:
-                        repairs.setdefault(n, []).append(newest)
+                raise self._quorum_error(action, key, self.read_quorum, counted, out)
+            found, stale = reconcile(got, also=self._own.get(key))
+            results.append(found)
+            self._learn(key, None if found is None else found.version)
+            if found is not None:
+                best[key] = found
+                for n in stale:
+                    repairs.setdefault(n, []).append(found)
         if repairs:
-            self._round("write", {n: (rs,) for n, rs in repairs.items()}, tally=_NOW)
+            self._table.round("write", {n: (rs,) for n, rs in repairs.items()}, tally=NOW)
         return results
+
+    def _late_repair(self, keys_of: Mapping[str, Sequence[str]], best: dict[str, Record]
+                     ) -> Callable[[str, Node], Any]:
+        """Late handlers for a read: a node whose replies come after the read was decided is
+        written the newest versions the read found, where it holds older ones."""
+
+        def for_node(name: str, node: Node) -> Any:
+            repair = getattr(node, "read_repair", None)
+            return None if repair is None else repair(keys_of[name], best)
+
+        return for_node
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -867,9 +422,6 @@ class ReplicatedStore:
         Failures raise as for :meth:`put`."""
         return self._write(_check_key(key), None, _ABSENT)
 
-    def _record(self, key: str, value: bytes | None, version: Version) -> Record:
-        return Record(key, value, version, 0 if value is not None else int(self._wall() * 1000))
-
     def _write(self, key: str, value: bytes | None, if_version: Any) -> Version:
         if if_version is not _ABSENT and if_version is not None \
                 and not isinstance(if_version, Version):
@@ -879,18 +431,19 @@ class ReplicatedStore:
             else:
                 raise TypeError("if_version must be a Version (from put or get_versioned) or "
                                 "None")
-        targets, standins = self._targets(key)
-        if self._queue is not None and if_version is _ABSENT:
-            return self._write_async(key, value, targets)
+        targets, standins = self._placement.targets(key)
+        if self._replicator is not None and if_version is _ABSENT:
+            return self._write_one(key, value, targets)
         maybe = False          # a write that may have been applied somewhere was sent
         # Not before rebalance(): a new node counts but is still empty, so two write quorums
         # over the old and new replicas need not meet (see _write_fast).
-        if if_version is _ABSENT and not standins and self._fast and self._pending is None:
+        if if_version is _ABSENT and not standins and self._fast \
+                and not self._placement.pending:
             version, maybe = self._write_fast(key, value, targets)
             if version is not None:
                 return version
-        out = self._round("read", {n: ([key],) for n in targets},
-                          tally=_Tally.single(self.read_quorum, targets))
+        out = self._table.round("read", {n: ([key],) for n in targets},
+                                tally=OneTally(self.read_quorum, targets))
         counted = [n for n in out.replies if n in out.counted]
         if len(counted) < self.read_quorum:
             raise self._quorum_error("put", key, self.read_quorum, len(counted), out,
@@ -900,10 +453,7 @@ class ReplicatedStore:
         if if_version is not _ABSENT and current != if_version:
             raise VersionConflictError(f"put {key!r}: expected version {if_version}, found "
                                        f"{current}", key=key, current=current)
-        own = self._own.get(key)
-        if own is not None and (current is None or own.version > current):
-            current = own.version
-        version = self._next_version(current, out.floor())
+        version = self._next_version(self._own_version(key, current), out.floor())
         record = self._record(key, value, version)
         live = [n for n in targets if n not in out.failed]
         acked: list[str] = []
@@ -912,7 +462,7 @@ class ReplicatedStore:
             if primary is None:
                 raise self._quorum_error("put", key, self.write_quorum, 0, out,
                                          "unknown" if maybe else "failed")
-            first = self._round("write_if", {primary: ([(record, if_version)],)})
+            first = self._table.round("write_if", {primary: ([(record, if_version)],)})
             if primary not in first.replies:
                 raise self._quorum_error("put", key, self.write_quorum, 0, first, "unknown")
             if not first.replies[primary][0]:
@@ -920,9 +470,9 @@ class ReplicatedStore:
                                            f"{primary}", key=key, current=None)
             acked.append(primary)
             live = [n for n in live if n != primary]
-        need = self.write_quorum - len(acked)
-        written = self._round("write", {n: ([record],) for n in live},
-                              tally=_Tally.single(need, live, extra=standins))
+        written = self._table.round(
+            "write", {n: ([record],) for n in live},
+            tally=OneTally(self.write_quorum - len(acked), live, extra=standins))
         acked += [n for n in written.replies if n in written.counted or n in standins]
         self._hint(standins, written, [record])
         if self.sloppy:
@@ -932,8 +482,7 @@ class ReplicatedStore:
             self._remember(record)
         self._learn(key, version)
         if len(acked) < self.write_quorum:
-            failed = _Outcome(written.replies, {**out.failed, **written.failed},
-                              written.counted)
+            failed = Outcome(written.replies, {**out.failed, **written.failed}, written.counted)
             reached = maybe or bool(acked) or written.reached(live)
             raise self._quorum_error("put", key, self.write_quorum, len(acked), failed,
                                      "unknown" if reached else "failed")
@@ -950,12 +499,11 @@ class ReplicatedStore:
         have been applied somewhere) and the caller reads the versions first."""
         with self._state:
             guess = self._known.get(key)
-            floor = 0 if guess is not None else max(
-                (self._floors.get(n, 0) for n in targets), default=0)
-        version = self._next_version(guess, floor)
+        version = self._next_version(guess, 0 if guess is not None
+                                     else self._table.floor(targets))
         record = self._record(key, value, version)
-        out = self._round("write_if", {n: ([(record, guess)],) for n in targets},
-                          tally=_Tally.single(self.write_quorum, targets, ok=lambda r: r))
+        out = self._table.round("write_if", {n: ([(record, guess)],) for n in targets},
+                                tally=OneTally(self.write_quorum, targets, ok=lambda r: r))
         applied = sum(1 for n, ok in out.replies.items() if ok[0] and n in out.counted)
         if applied < self.write_quorum:
             maybe = any(ok[0] for ok in out.replies.values()) or bool(out.late) \
@@ -985,7 +533,8 @@ class ReplicatedStore:
         done: dict[str, Version] = {}
         maybe: set[str] = set()
         failures: dict[str, object] = {}
-        if self._fast and self._queue is None and not self.sloppy and self._pending is None:
+        if self._fast and self._replicator is None and not self.sloppy \
+                and not self._placement.pending:
             done, maybe = self._put_many_fast(keys, values)
         rest = [(k, v) for k, v in zip(keys, values) if k not in done]
         outcomes: dict[str, WriteOutcome] = {}
@@ -1005,8 +554,8 @@ class ReplicatedStore:
             failed_n = sum(1 for o in outcomes.values() if o.status == "failed")
             detail = ", ".join(f"{n} ({type(e).__name__ if isinstance(e, BaseException) else e})"
                                for n, e in failures.items()) or "none"
-            self._emit("quorum_failed", None, f"put_many: {len(outcomes) - unknown_n - failed_n}"
-                                              f" of {len(keys)} acknowledged")
+            self._emit("quorum_failed", None, f"put_many: {len(done)} of {len(keys)} "
+                                              f"acknowledged")
             raise PartialWriteError(
                 f"put_many: {len(done)} of {len(keys)} keys acknowledged, {failed_n} failed "
                 f"(written nowhere), {unknown_n} unknown (some replicas may have stored them; "
@@ -1021,12 +570,12 @@ class ReplicatedStore:
         records = []
         per_node: dict[str, list[tuple[Record, Version | None]]] = {}
         index: dict[str, list[int]] = {}
-        all_targets = self._targets_many(keys)
+        all_targets = self._placement.targets_many(keys)
+        floors = self._table.floors()
         with self._state:
             guesses = [self._known.get(key) for key in keys]
             first = self._seq                # a block of sequence numbers, one lock taken
             self._seq += len(keys)
-            floors = dict(self._floors)
         for offset, (key, value, guess, targets) in enumerate(
                 zip(keys, values, guesses, all_targets)):
             floor = 0 if guess is not None else max((floors.get(n, 0) for n in targets),
@@ -1040,8 +589,8 @@ class ReplicatedStore:
             for n in targets:
                 per_node.setdefault(n, []).append(pair)
                 index.setdefault(n, []).append(offset)
-        out = self._round("write_if", {n: (batch,) for n, batch in per_node.items()},
-                          tally=_Tally(self.write_quorum, len(keys), index, ok=lambda r: r))
+        out = self._table.round("write_if", {n: (batch,) for n, batch in per_node.items()},
+                                tally=Tally(self.write_quorum, len(keys), index, ok=lambda r: r))
         applied = np.zeros(len(keys), dtype=np.int64)
         touched = np.zeros(len(keys), dtype=bool)
         for n, oks in out.replies.items():
@@ -1069,12 +618,12 @@ class ReplicatedStore:
         quorum and were not written, keys written without a quorum, failed nodes)."""
         per_node: dict[str, list[str]] = {}
         index: dict[str, list[int]] = {}
-        for i, (key, targets) in enumerate(zip(keys, self._targets_many(keys))):
+        for i, (key, targets) in enumerate(zip(keys, self._placement.targets_many(keys))):
             for n in targets:
                 per_node.setdefault(n, []).append(key)
                 index.setdefault(n, []).append(i)
-        out = self._round("read", {n: (ks,) for n, ks in per_node.items()},
-                          tally=_Tally(self.read_quorum, len(keys), index))
+        out = self._table.round("read", {n: (ks,) for n, ks in per_node.items()},
+                                tally=Tally(self.read_quorum, len(keys), index))
         current: dict[str, Version | None] = {}
         floor: dict[str, int] = {}
         answered: dict[str, int] = {}
@@ -1092,13 +641,10 @@ class ReplicatedStore:
         skip = set(refused)
         records: dict[str, Record] = {}
         for key, value in zip(keys, values):
-            if key in skip:
-                continue
-            seen = current.get(key)
-            own = self._own.get(key)
-            if own is not None and (seen is None or own.version > seen):
-                seen = own.version
-            records[key] = Record(key, value, self._next_version(seen, floor.get(key, 0)))
+            if key not in skip:
+                version = self._next_version(self._own_version(key, current.get(key)),
+                                             floor.get(key, 0))
+                records[key] = Record(key, value, version)
         writes: dict[str, list[Record]] = {}
         windex: dict[str, list[int]] = {}
         order = {k: i for i, k in enumerate(records)}
@@ -1109,8 +655,8 @@ class ReplicatedStore:
             if batch:
                 writes[n] = batch
                 windex[n] = [order[r.key] for r in batch]
-        written = self._round("write", {n: (rs,) for n, rs in writes.items()},
-                              tally=_Tally(self.write_quorum, len(records), windex))
+        written = self._table.round("write", {n: (rs,) for n, rs in writes.items()},
+                                    tally=Tally(self.write_quorum, len(records), windex))
         acks: dict[str, int] = {}
         for n in written.replies:
             if n in written.counted:
@@ -1125,11 +671,12 @@ class ReplicatedStore:
         acked: dict[str, Version] = {}
         unknown = []
         reached = {n for n in writes if written.reached([n])}
+        reached_keys = {r.key for n in reached for r in writes[n]}
         for key, record in records.items():
             if acks.get(key, 0) >= self.write_quorum:
                 acked[key] = record.version
                 self._learn(key, record.version)
-            elif any(key in {r.key for r in writes[n]} for n in reached):
+            elif key in reached_keys:
                 unknown.append(key)
             else:
                 refused.append(key)
@@ -1138,27 +685,18 @@ class ReplicatedStore:
             failures.setdefault(n, "no answer when the round was decided")
         return acked, refused, unknown, failures
 
-    def _remember(self, record: Record) -> None:
-        # Eventual mode: this instance reads its own writes even from stale replicas.
-        with self._state:
-            held = self._own.get(record.key)
-            if held is None or record.version > held.version:
-                self._own[record.key] = record
-            if len(self._own) > 100_000:
-                self._own.pop(next(iter(self._own)))
-
     # -- sloppy quorums: stand-ins and hints ------------------------------------------------------
 
-    def _hint(self, standins: Mapping[str, str], written: _Outcome,
+    def _hint(self, standins: Mapping[str, str], written: Outcome,
               records: Sequence[Record]) -> None:
         """Stand-ins that stored `records` keep a hint for the replica they stand for."""
-        nodes = self._all_nodes()
+        nodes = self._table.everyone
         for standin, replica in standins.items():
             if standin in written.replies or standin in written.late:
                 try:
                     nodes[standin].add_hints(replica, list(records))
                 except Exception as exc:  # noqa: BLE001 - repair() still finds the copy
-                    self._mark_down(standin, exc)
+                    self._table.mark_down(standin, exc)
 
     def _hint_failed(self, failed: Mapping[str, Sequence[Record]], targets: Sequence[str]) -> None:
         """Replicas whose write just failed (not yet known down, so no stand-in was chosen):
@@ -1168,14 +706,14 @@ class ReplicatedStore:
         by_standin: dict[str, dict[str, list[Record]]] = {}
         for replica, records in failed.items():
             for record in records:
-                standin = self._standin(record.key, [*targets, replica])
+                standin = self._placement.standin(record.key, [*targets, replica])
                 if standin is not None:
                     by_standin.setdefault(standin, {}).setdefault(replica, []).append(record)
         if not by_standin:
             return
         copies = {s: ([r for rs in per.values() for r in rs],) for s, per in by_standin.items()}
-        written = self._round("write", copies)
-        nodes = self._all_nodes()
+        written = self._table.round("write", copies)
+        nodes = self._table.everyone
         for standin, per in by_standin.items():
             if standin not in written.replies:
                 continue
@@ -1183,103 +721,58 @@ class ReplicatedStore:
                 try:
                     nodes[standin].add_hints(replica, records)
                 except Exception as exc:  # noqa: BLE001
-                    self._mark_down(standin, exc)
+                    self._table.mark_down(standin, exc)
 
-    # -- eventual mode: the background replicator --------------------------------------------------
+    # -- eventual mode: one replica acknowledges, the replicator copies ----------------------------
 
-    def _write_async(self, key: str, value: bytes | None, targets: list[str]) -> Version:
+    def _write_one(self, key: str, value: bytes | None, targets: list[str]) -> Version:
         """write_quorum=1: the first live replica that stores the value acknowledges it; the
         others get it from the background replicator (a replica that was thought live but
         fails is skipped here, and hinted by the replicator when sloppy)."""
-        candidates = [n for n in targets if self._is_live(n) and self._counts(n)]
+        table = self._table
+        candidates = [n for n in targets if table.is_live(n) and table.counts(n)]
         if not candidates:
-            raise self._quorum_error("put", key, 1, 0, _Outcome(), "failed")
-        out = _Outcome()
+            raise self._quorum_error("put", key, 1, 0, Outcome(), "failed")
+        out = Outcome()
         maybe = False
         for primary in candidates:
-            out = self._round("read", {primary: ([key],)})
+            out = table.round("read", {primary: ([key],)})
             if primary not in out.replies or primary not in out.counted:
                 continue
             found = out.replies[primary][0]
             current = None if found is None else found.version
-            own = self._own.get(key)
-            if own is not None and (current is None or own.version > current):
-                current = own.version
-            version = self._next_version(current, out.floor())
+            version = self._next_version(self._own_version(key, current), out.floor())
             record = self._record(key, value, version)
             maybe = True
-            written = self._round("write", {primary: ([record],)})
+            written = table.round("write", {primary: ([record],)})
             if primary not in written.replies or primary not in written.counted:
                 out = written
                 continue
             self._remember(record)
-            assert self._queue is not None
-            try:
-                self._queue.put((record, [n for n in targets if n != primary]),
-                                timeout=self._timeout)
-            except queue.Full:
-                log.warning("ringkit replication queue is full; %r reaches its replicas at the "
-                            "next repair()", key)
+            assert self._replicator is not None
+            self._replicator.add(record, [n for n in targets if n != primary])
             return version
         raise self._quorum_error("put", key, 1, 0, out, "unknown" if maybe else "failed")
 
-    def _replicate_loop(self) -> None:
-        assert self._queue is not None
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                record, others = item
-                out = self._round("write", {n: ([record],) for n in others})
-                if self.sloppy:
-                    self._hint_failed({n: [record] for n in others if n in out.failed},
-                                      [*others])
-            except Exception:  # noqa: BLE001 - the next repair() catches up
-                log.exception("ringkit replication: background copy failed")
-            finally:
-                self._queue.task_done()
+    def _copy(self, record: Record, replicas: Sequence[str]) -> None:
+        """The replicator's copy of one record to its other replicas."""
+        out = self._table.round("write", {n: ([record],) for n in replicas})
+        if self.sloppy:
+            self._hint_failed({n: [record] for n in replicas if n in out.failed}, list(replicas))
 
     def lag(self) -> int:
         """Writes acknowledged but not yet copied to their replicas (eventual mode)."""
-        return 0 if self._queue is None else self._queue.qsize()
+        return 0 if self._replicator is None else self._replicator.lag()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the background replicator has copied every acknowledged write."""
-        if self._queue is None:
-            return True
-        deadline = None if timeout is None else self._clock() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and self._clock() >= deadline:
-                return False
-            time.sleep(0.001)
-        return True
+        return True if self._replicator is None else self._replicator.flush(timeout)
 
-    # -- repair, hinted handoff, membership -------------------------------------------------------
+    # -- maintenance and membership ---------------------------------------------------------------
 
     def handoff(self) -> int:
         """Deliver hints held for nodes that are back; returns how many were delivered."""
-        delivered = 0
-        nodes = self._all_nodes()
-        for holder_name, holder in nodes.items():
-            if not self._is_live(holder_name):
-                continue
-            for target in nodes:
-                if target == holder_name or not self._is_live(target):
-                    continue
-                try:
-                    records = holder.hints(target)
-                except Exception as exc:  # noqa: BLE001
-                    self._mark_down(holder_name, exc)
-                    break
-                if not records:
-                    continue
-                out = self._round("write", {target: (records,)}, every=True)
-                if target in out.replies:
-                    holder.drop_hints(target, records)
-                    delivered += len(records)
-                    self._emit("hints_delivered", target, f"{len(records)} from {holder_name}")
-        return delivered
+        return maintenance.handoff(self._table, self._emit)
 
     def repair(self, *, batch: int = 500) -> RepairReport:
         """Anti-entropy: bring every replica of every key up to date, in batches.
@@ -1290,127 +783,26 @@ class ReplicatedStore:
         numbered below it), and lets nodes that came back empty (or are new) count again once
         they were refilled by a pass that reached every node.
         """
-        report = RepairReport()
-        self.probe()
-        report.hints_delivered = self.handoff()
-        nodes = self._all_nodes()
-        keys: set[str] = set()
-        reachable = []
-        for name, node in nodes.items():
-            try:
-                for chunk in node.scan(batch):
-                    keys.update(chunk)
-                reachable.append(name)
-            except Exception as exc:  # noqa: BLE001
-                self._mark_down(name, exc)
-                report.nodes_unreachable.append(name)
-        ordered = sorted(keys)
-        clean = {name: True for name in reachable}
-        unread: set[str] = set()
-        now_ms = int(self._wall() * 1000)
-        for start in range(0, len(ordered), batch):
-            chunk = ordered[start:start + batch]
-            per_node: dict[str, list[str]] = {}
-            for key in chunk:
-                targets, _ = self._targets(key)
-                for n in targets:
-                    per_node.setdefault(n, []).append(key)
-            out = self._round("read", {n: (ks,) for n, ks in per_node.items()}, every=True)
-            for n in (*out.failed, *out.late):
-                clean[n] = False
-                unread.add(n)
-            answers: dict[str, dict[str, Record | None]] = {}
-            for n, records in out.replies.items():
-                for key, record in zip(per_node[n], records):
-                    answers.setdefault(key, {})[n] = record
-            writes: dict[str, list[Record]] = {}
-            purge: dict[str, list[Record]] = {}
-            for key in chunk:
-                found = answers.get(key, {})
-                newest = _newest(found.values())
-                report.keys_checked += 1
-                if newest is None:
-                    continue
-                prefs = self._ring.preference_list(key, self.replicas)
-                # Purge only once every replica holds the tombstone itself (or nothing): a
-                # replica still holding an older live value would otherwise outlive the
-                # tombstone and bring the deleted value back. Such a replica gets the tombstone
-                # below, and the next repair() purges it.
-                held = {n: None if r is None else r.version for n, r in found.items()}
-                settled = all(n in held and held[n] in (None, newest.version) for n in prefs)
-                if newest.tombstone and settled and \
-                        now_ms - newest.deleted_ms >= self.tombstone_grace * 1000:
-                    for n, r in found.items():
-                        if r is not None:
-                            purge.setdefault(n, []).append(r)
-                    continue
-                for n, r in found.items():
-                    if n in prefs and (r is None or r.version < newest.version):
-                        writes.setdefault(n, []).append(newest)
-                        report.replicas_repaired += 1
-            if writes:
-                written = self._round("write", {n: (rs,) for n, rs in writes.items()},
-                                      every=True)
-                for n in (*written.failed, *written.late):
-                    clean[n] = False
-            for n, records in purge.items():
-                try:
-                    nodes[n].remove(records)
-                    report.tombstones_purged += len(records)
-                    self._note_floor(n, max(r.version.counter for r in records))
-                except Exception as exc:  # noqa: BLE001
-                    self._mark_down(n, exc)
-        # A node that came back empty is refilled only by a pass that scanned and read every
-        # node: the one other copy of an acknowledged write may be on a node that this pass
-        # missed, and counting the empty node then would let a read miss that write.
-        complete = not report.nodes_unreachable and not unread
-        if complete:
-            self._refilled([n for n, ok in clean.items() if ok], report)
-        return report
-
-    def _refilled(self, candidates: Iterable[str], report: RepairReport) -> None:
-        """Mark refilled nodes ready, after raising their floor to every node's (the keys they
-        hold were purged elsewhere at counters up to it)."""
-        floor = max(self._floors.values(), default=0)
-        nodes = self._all_nodes()
-        changed = False
-        for name in candidates:
-            if self._counts(name) or not self._is_live(name) \
-                    or self._foreign(self._markers.get(name)):
-                continue
-            node = nodes[name]
-            marker = self._marker(MARKER_READY)
-            try:
-                if floor:
-                    node.raise_floor(floor)
-                node.set_marker(marker, only_if_missing=False)
-            except Exception as exc:  # noqa: BLE001
-                self._mark_down(name, exc)
-                continue
-            self._observe(name, marker)
-            report.nodes_refilled.append(name)
-            self._emit("node_refilled", name)
-            changed = True
-        if changed:
-            self._remember_members()
+        batch = _check_count(batch, "batch")
+        return maintenance.repair(self._table, self._placement,
+                                  tombstone_grace=self.tombstone_grace,
+                                  now_ms=int(self._wall() * 1000), batch=batch, emit=self._emit)
 
     def add_node(self, name: str, node: Node) -> None:
         """Add a node. Until :meth:`rebalance`, reads and writes also go to the old replicas.
         A Redis node without a marker counts once rebalance() (or repair()) filled it."""
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        check_name(name, "name")
         if not isinstance(node, Node):
             raise TypeError(f"node must be a node (MemoryNode, RedisNode), got "
                             f"{type(node).__name__}")
         with self._state:
             if name in self._nodes:
                 raise ValueError(f"name: node {name!r} is already in the store")
-            if self._pending is None:
-                self._pending = (self._ring, dict(self._nodes))
             self._nodes[name] = node
-            self._ring = HashRing(list(self._nodes), vnodes=self._vnodes)
+            self._gone.pop(name, None)
+            self._placement.change(self._nodes)
             self._membership_changed()
-        self._adopt(name, node)
+        self._table.adopt(name, node)
 
     def remove_node(self, name: str) -> None:
         """Remove a node. Until :meth:`rebalance`, its data is still read (while it answers)."""
@@ -1420,99 +812,34 @@ class ReplicatedStore:
             if len(self._nodes) - 1 < self.replicas:
                 raise ValueError(f"name: removing {name!r} would leave fewer nodes than "
                                  f"replicas ({self.replicas})")
-            if self._pending is None:
-                self._pending = (self._ring, dict(self._nodes))
-            del self._nodes[name]
-            self._ring = HashRing(list(self._nodes), vnodes=self._vnodes)
+            self._gone[name] = self._nodes.pop(name)
+            self._placement.change(self._nodes)
             self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        # Caller holds self._state. Before rebalance(), removed nodes are still read.
+        everyone = dict(self._nodes)
+        if self._placement.pending:
+            for name, node in self._gone.items():
+                everyone.setdefault(name, node)
+        else:
+            self._gone = {}
+        self._table.everyone = everyone
 
     def rebalance(self, *, batch: int = 500) -> int:
         """Move the keys whose preference list changed since add_node/remove_node; returns
         how many keys moved. Copies go first; a copy on a node that no longer holds the key is
         deleted only after every new replica answered. Added nodes that were empty count once
         a pass reached every node."""
-        with self._state:
-            pending = self._pending
-        if pending is None:
+        batch = _check_count(batch, "batch")
+        old = self._placement.old
+        if old is None:
             return 0
-        old_ring, old_nodes = pending
-        self.probe()
-        nodes = self._all_nodes()
-        keys: set[str] = set()
-        for name, node in nodes.items():
-            try:
-                for chunk in node.scan(batch):
-                    keys.update(chunk)
-            except Exception as exc:  # noqa: BLE001
-                if name not in self.nodes:
-                    # A removed node that is gone (the usual reason to remove one): its keys
-                    # are found on, and copied from, their other replicas.
-                    self._mark_down(name, exc)
-                    continue
-                raise QuorumError(f"rebalance: {name} cannot be scanned", failed={name: exc}) \
-                    from exc
-        moved = 0
-        complete = True
-        ordered = sorted(keys)
-        old_n = min(self.replicas, len(old_ring))
-        for start in range(0, len(ordered), batch):
-            chunk = ordered[start:start + batch]
-            old_prefs = old_ring.preference_many(chunk, old_n).tolist()
-            new_prefs = self._ring.preference_many(chunk, self.replicas).tolist()
-            changed = []
-            for key, old_row, new_row in zip(chunk, old_prefs, new_prefs):
-                old = [old_ring.nodes[i] for i in old_row]
-                new = [self._ring.nodes[i] for i in new_row]
-                if old != new:
-                    changed.append((key, old, new))
-            if not changed:
-                continue
-            per_node: dict[str, list[str]] = {}
-            for key, old, new in changed:
-                for n in set(old) | set(new):
-                    per_node.setdefault(n, []).append(key)
-            out = self._round("read", {n: (ks,) for n, ks in per_node.items()}, every=True)
-            if out.failed or out.late:
-                complete = False
-            answers: dict[str, dict[str, Record | None]] = {}
-            for n, records in out.replies.items():
-                for key, record in zip(per_node[n], records):
-                    answers.setdefault(key, {})[n] = record
-            writes: dict[str, list[Record]] = {}
-            drops: dict[str, list[Record]] = {}
-            for key, _, prefs in changed:
-                found = answers.get(key, {})
-                newest = _newest(found.values())
-                if newest is None:
-                    continue
-                for n in prefs:
-                    held = found.get(n)
-                    if held is None or held.version < newest.version:
-                        writes.setdefault(n, []).append(newest)
-                for n, r in found.items():
-                    if n not in prefs and r is not None:
-                        drops.setdefault(n, []).append(r)
-                moved += 1
-            written = self._round("write", {n: (rs,) for n, rs in writes.items()}, every=True)
-            if written.failed or written.late:
-                raise QuorumError(f"rebalance: {len(written.failed) + len(written.late)} nodes "
-                                  f"failed while copying",
-                                  failed={**written.failed,
-                                          **{n: "no answer in time" for n in written.late}})
-            for n, records in drops.items():
-                holder = nodes.get(n)
-                if holder is not None:
-                    try:
-                        holder.remove(records)
-                    except Exception as exc:  # noqa: BLE001 - removed later by repair()
-                        self._mark_down(n, exc)
+        added = [n for n in self._nodes if n not in old.nodes]
+        moved = maintenance.rebalance(self._table, self._placement, added=added, batch=batch,
+                                      emit=self._emit)
         with self._state:
-            if self._pending is pending:
-                self._pending = None
-                self._membership_changed()
-        added = [n for n in self._nodes if n not in old_nodes]
-        if complete and added:
-            self._refilled(added, RepairReport())
+            self._membership_changed()
         return moved
 
     # -- description ------------------------------------------------------------------------------
@@ -1523,29 +850,12 @@ class ReplicatedStore:
         with self._state:
             return dict(self._nodes)
 
-    def status(self) -> dict[str, str]:
-        """Each node's state: "up", "down" (its last call failed and it has not answered
-        since) or "recovering" (no marker of this store's that says ready: back empty, new
-        and not initialized, or another store's)."""
-        report = {}
-        for name in self._all_nodes():
-            # Not _is_live(): that only says whether the down backoff is over, and a node whose
-            # backoff ran out is no more up than before.
-            if name in self._down_until:
-                report[name] = "down"
-            elif not self._counts(name):
-                report[name] = "recovering"
-            else:
-                report[name] = "up"
-        return report
-
     def close(self) -> None:
         """Stop the background thread (after the replication queue drained) and close the
         nodes' connections (a node used again reconnects)."""
-        if self._queue is not None:
-            self._queue.put(None)
-            self._replicator.join(timeout=self._timeout)
-        for node in self._all_nodes().values():
+        if self._replicator is not None:
+            self._replicator.close()
+        for node in self._table.everyone.values():
             close = getattr(node, "close", None)
             if close is not None:
                 try:
@@ -1563,3 +873,4 @@ class ReplicatedStore:
         return (f"ReplicatedStore({len(self._nodes)} nodes, replicas={self.replicas}, "
                 f"write_quorum={self.write_quorum}, read_quorum={self.read_quorum}, "
                 f"consistency={self.consistency!r}, store_id={self.store_id!r})")
+

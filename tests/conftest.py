@@ -102,3 +102,72 @@ def redis_servers(tmp_path_factory):  # type: ignore[no-untyped-def]
 def unused_port() -> int:
     """A loopback port that no server listens on (for unreachable-server tests)."""
     return redis_procs.free_port()
+
+
+# -- virtual time (lock renewals without sleeping) ------------------------------------------------
+
+
+class VirtualTime:
+    """A clock and a sleeper for Lock(clock=..., sleeper=...) and MemoryBackend(clock=...).
+
+    A sleeper runs ahead instantly while its wake-up time is within ``limit``, and parks once it
+    is past it; :meth:`run_until` moves the limit and returns once every sleeper has parked
+    again (or ``timeout`` real seconds passed: a renewal that ended parks no more). So a test
+    drives a renewal thread through virtual seconds, deterministically, in no real time.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        import threading
+
+        self.now = start
+        self.limit = start
+        self._epoch = 0
+        self._parked: dict[int, int] = {}
+        self._cond = threading.Condition()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float, stop) -> bool:  # type: ignore[no-untyped-def]
+        import threading
+
+        me = threading.get_ident()
+        with self._cond:
+            target = self.now + seconds
+            try:
+                while not stop.is_set():
+                    if target <= self.limit:
+                        self.now = max(self.now, target)
+                        return False
+                    self._parked[me] = self._epoch
+                    self._cond.notify_all()
+                    self._cond.wait(0.005)
+                return True
+            finally:
+                self._parked.pop(me, None)
+                self._cond.notify_all()
+
+    def run_until(self, moment: float, sleepers: int = 1, timeout: float = 5.0) -> None:
+        import time as _time
+
+        with self._cond:
+            self._epoch += 1
+            self.limit = moment
+            self._cond.notify_all()
+            deadline = _time.monotonic() + timeout
+            while sum(1 for e in self._parked.values() if e == self._epoch) < sleepers:
+                left = deadline - _time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.005))
+            if self.now < moment:
+                self.now = moment
+
+    def advance(self, seconds: float, sleepers: int = 1) -> None:
+        self.run_until(self.limit + seconds, sleepers)
+
+
+@pytest.fixture
+def virtual_time() -> VirtualTime:
+    """A :class:`VirtualTime` starting at t=1000."""
+    return VirtualTime()

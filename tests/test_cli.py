@@ -164,7 +164,7 @@ def test_subcommand_help(sub: str, tmp_path: Path) -> None:
 
 
 def test_inspect_reports_shares_and_movement(tmp_path: Path) -> None:
-    result = _run(PY, "inspect", "--nodes", "a,b,c:2", "--keys", "20000", "--add", "d",
+    result = _run(PY, "inspect", "--nodes", "a,b,c=2", "--keys", "20000", "--add", "d",
                   "--remove", "a", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -222,7 +222,58 @@ def test_command_errors_are_one_line(tmp_path: Path) -> None:
     _one_line_error(_run(PY, "route", "--nodes", "a", "--column", "nope", str(table),
                          cwd=tmp_path), 2)
     _one_line_error(_run(PY, "inspect", "--nodes", "a,b", "--vnodes", "0", cwd=tmp_path), 2)
-    _one_line_error(_run(PY, "inspect", "--nodes", "a:-1", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a=-1", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a=x", cwd=tmp_path), 2)
+    _one_line_error(_run(PY, "inspect", "--nodes", "a,a", cwd=tmp_path), 2)
     _one_line_error(_run(PY, "inspect", "--nodes", "a", "--remove", "zz", cwd=tmp_path), 2)
     _one_line_error(_run(PY, "inspect", cwd=tmp_path), 2)
     _one_line_error(_run(PY, "inspect", "--nodes", "a", "--keys", "abc", cwd=tmp_path), 2)
+
+
+def test_server_lists_take_host_port_names(tmp_path: Path) -> None:
+    """A colon belongs to the name (memcached servers are named host:port); a weight follows
+    '=': --nodes 10.0.0.1,10.0.0.2:11212=2 is two servers, the second of weight 2."""
+    result = _run(PY, "inspect", "--nodes", "10.0.0.1,10.0.0.2:11212=2", "--ketama", "--keys",
+                  "2000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ring = ringkit.HashRing.ketama({"10.0.0.1": 1, "10.0.0.2:11212": 2})
+    assert repr(ring) in result.stdout
+    assert "10.0.0.2:11212" in result.stdout and "11212.0" not in result.stdout
+    help_text = _run(PY, "inspect", "--help", cwd=tmp_path).stdout
+    assert "NAME[=WEIGHT]" in help_text and "10.0.0.2:11212=2" in " ".join(help_text.split())
+
+
+@pytest.mark.parametrize("extra", [["--remove", "zz"], ["--add", "a"], ["--add", "d=0"],
+                                   ["--plot", "/no/such/folder/out.png"]])
+def test_bad_change_arguments_are_refused_before_any_output(tmp_path: Path,
+                                                            extra: list[str]) -> None:
+    result = _run(PY, "inspect", "--nodes", "a,b", "--keys", "1000", *extra, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""                  # not the whole table, then the error
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_byte_is_reported_by_line(tmp_path: Path) -> None:
+    source = tmp_path / "keys.txt"
+    source.write_bytes(b"one\ntwo\nthr\xffee\nfour\n")
+    result = _run(PY, "route", "--nodes", "a,b", str(source), cwd=tmp_path)
+    _one_line_error(result, 1)
+    assert "line 3" in result.stderr
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"id,name\n1,ann\n2,b\xc3\n")
+    result = _run(PY, "route", "--nodes", "a,b", "--column", "name", str(table), cwd=tmp_path)
+    _one_line_error(result, 1)
+    assert "line 3" in result.stderr
+
+
+def test_a_csv_with_a_node_column_gets_no_second_one(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("id,node\n1,old\n")
+    result = _run(PY, "route", "--nodes", "a,b", "--column", "id", str(table), cwd=tmp_path)
+    _one_line_error(result, 2)
+    assert "--node-column" in result.stderr
+    result = _run(PY, "route", "--nodes", "a,b", "--column", "id", "--node-column", "shard",
+                  str(table), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ring = ringkit.HashRing(["a", "b"])
+    assert result.stdout.splitlines() == ["id,node,shard", f"1,old,{ring.get('1')}"]

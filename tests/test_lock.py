@@ -267,48 +267,54 @@ def test_lock_errors_are_caught_as_lock_error() -> None:
 # -- auto renewal ---------------------------------------------------------------------------------
 
 
-def test_auto_renewal_keeps_the_lease_past_several_ttls() -> None:
-    backend = MemoryBackend()
+def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """The renewal thread runs ahead in virtual time at once; this only waits for it to be
+    scheduled (a hang guard, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_auto_renewal_keeps_the_lease_past_several_ttls(virtual_time) -> None:  # type: ignore[no-untyped-def]
+    """Four ttls of virtual time, no real sleeping: renewals every ttl/3 keep the lease."""
+    backend = MemoryBackend(clock=virtual_time.clock)
     events: list[LockEvent] = []
     lost: list[Lock] = []
     lock = Lock("r", backend, ttl=0.3, auto_renew=True, on_lost=lost.append,
-                on_event=events.append)
+                on_event=events.append, clock=virtual_time.clock, sleeper=virtual_time.sleep)
     lock.acquire()
     token = lock.token
-    time.sleep(1.2)  # four ttls
+    virtual_time.advance(1.25)  # four ttls and a bit
     assert lock.owned()
-    assert not Lock("r", backend).acquire(blocking=False)
+    assert not Lock("r", backend, clock=virtual_time.clock).acquire(blocking=False)
     assert lock.token == token  # a renewal is not a new lease
     lock.release()
     assert lost == []
     kinds = [event.kind for event in events]
     assert kinds[0] == "acquired" and kinds[-1] == "released"
-    assert kinds.count("renewed") >= 3
+    assert kinds.count("renewed") == 12  # one every ttl/3 (0.1 ... 1.2), exactly: virtual time
     assert all(event.name == "r" and event.token == token for event in events)
 
 
-def test_max_renewals_cap_leads_to_loss() -> None:
-    backend = MemoryBackend()
-    lost = threading.Event()
+def test_max_renewals_cap_leads_to_loss(virtual_time) -> None:  # type: ignore[no-untyped-def]
+    backend = MemoryBackend(clock=virtual_time.clock)
     seen: list[Lock] = []
     events: list[LockEvent] = []
-
-    def on_lost(lock: Lock) -> None:
-        seen.append(lock)
-        lost.set()
-
-    lock = Lock("m", backend, ttl=0.3, auto_renew=True, max_renewals=2, on_lost=on_lost,
-                on_event=events.append)
+    lock = Lock("m", backend, ttl=0.3, auto_renew=True, max_renewals=2, on_lost=seen.append,
+                on_event=events.append, clock=virtual_time.clock, sleeper=virtual_time.sleep)
     lock.acquire()
-    assert lost.wait(5.0)
-    assert seen == [lock]
+    virtual_time.advance(0.25)             # two renewals (at 0.1 and 0.2)
+    assert seen == [] and lock.owned()
+    virtual_time.advance(1.0, sleepers=0)  # no third: the lease runs out, and is lost
+    wait_for(lambda: seen == [lock])
     assert [e.kind for e in events].count("renewed") == 2
     assert events[-1].kind == "lost" and isinstance(events[-1].error, LockLostError)
     assert not lock.owned() and not lock.locked and lock.validity() == 0.0
     with pytest.raises(LockLostError):
         lock.release()
-    other = Lock("m", backend)
-    assert other.acquire(timeout=5.0)  # the lease really ran out
+    other = Lock("m", backend, clock=virtual_time.clock)
+    assert other.acquire(blocking=False)   # the lease really ran out
     other.release()
 
 
@@ -329,20 +335,18 @@ def test_renewal_loss_when_another_holder_took_over() -> None:
     intruder.release()
 
 
-def test_on_lost_that_raises_does_not_break_the_lock() -> None:
-    backend = MemoryBackend()
+def test_on_lost_that_raises_does_not_break_the_lock(virtual_time) -> None:  # type: ignore[no-untyped-def]
+    backend = MemoryBackend(clock=virtual_time.clock)
     events: list[LockEvent] = []
 
     def broken(_: Lock) -> None:
         raise RuntimeError("hook failure")
 
     lock = Lock("b", backend, ttl=0.3, auto_renew=True, max_renewals=0, on_lost=broken,
-                on_event=events.append)
+                on_event=events.append, clock=virtual_time.clock, sleeper=virtual_time.sleep)
     lock.acquire()
-    deadline = time.monotonic() + 5.0
-    while not any(e.kind == "lost" for e in events) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert any(e.kind == "lost" for e in events)
+    virtual_time.advance(1.0, sleepers=0)
+    wait_for(lambda: any(e.kind == "lost" for e in events))
     with pytest.raises(LockLostError):
         lock.release()
 

@@ -23,7 +23,7 @@ import pytest
 
 from ringkit import LockError, LockQuorumError, QuorumError
 from ringkit.lock import Lock, LockEvent, RedisBackend
-from ringkit.lock.redis import _acquire_steps
+from ringkit.lock.protocol import acquire_steps
 
 PREFIX = "ringkit:lock:"
 WORKER_DEADLINE = 120.0   # seconds a client process may take before the test calls it hung
@@ -463,7 +463,7 @@ def test_servers_killed_between_the_grant_and_the_token_write(redis_servers) -> 
     servers = redis_servers(3)
     backend = RedisBackend([s.url for s in servers])
     backend.initialize()
-    grant = _drive(backend, _acquire_steps(backend._placement, time.monotonic, "k", "h1", 5.0),
+    grant = _drive(backend, acquire_steps(backend._placement, time.monotonic, "k", "h1", 5.0),
                    servers[0].kill)
     assert grant is not None and grant.validity > 0
     assert backend.release("k", "h1")
@@ -476,7 +476,7 @@ def test_servers_killed_between_the_grant_and_the_token_write(redis_servers) -> 
         servers[0].kill()
         servers[1].kill()
 
-    grant = _drive(backend, _acquire_steps(backend._placement, time.monotonic, "k", "h2", 5.0),
+    grant = _drive(backend, acquire_steps(backend._placement, time.monotonic, "k", "h2", 5.0),
                    kill_two)
     assert grant is None
     assert leases(servers[2], "k") is None

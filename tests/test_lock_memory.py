@@ -248,3 +248,33 @@ def test_async_memory_waiters_in_successive_event_loops(clock: FakeClock) -> Non
     asyncio.run(wait_in_vain())
     clock.advance(5.0)          # the first holder's lease runs out, with no release to wake anyone
     asyncio.run(wait_and_win())
+
+
+def test_async_renewal_runs_in_virtual_time(clock: FakeClock) -> None:
+    """AsyncLock's renewals wait through its sleeper: with one that moves a fake clock, three
+    ttls of renewals (and a capped lease running out) take no real time."""
+    backend = AsyncMemoryBackend(clock=clock)
+    events: list[str] = []
+
+    async def sleeper(seconds: float) -> None:
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        lock = AsyncLock("v", backend, ttl=0.3, auto_renew=True, clock=clock, sleeper=sleeper,
+                         on_event=lambda e: events.append(e.kind))
+        await lock.acquire()
+        while events.count("renewed") < 9:   # three ttls of virtual time
+            await asyncio.sleep(0)
+        assert await lock.owned()
+        await lock.release()
+        lost = asyncio.Event()
+        capped = AsyncLock("w", backend, ttl=0.3, auto_renew=True, max_renewals=1, clock=clock,
+                           sleeper=sleeper, on_lost=lambda _: lost.set())
+        await capped.acquire()
+        await asyncio.wait_for(lost.wait(), 5.0)
+        with pytest.raises(LockLostError):
+            await capped.release()
+
+    asyncio.run(main())
+    assert events[0] == "acquired" and "released" in events

@@ -501,3 +501,40 @@ def test_bad_names_on_the_redis_backend() -> None:
         backend.servers_for(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl"):
         backend.acquire("x", "holder", math.nan)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_waiter_sleeps_until_the_release_wakes_it(redis_servers, make_backend, n) -> None:
+    """The waiter tries, subscribes, tries once more (a release in between is not missed), then
+    sleeps on the channel: its next attempt comes from the release's wake-up, a few milliseconds
+    after it (here bounded by a hang guard far below its 60 s fallback retry), and it makes no
+    attempt in between (it used to return from its wait on the subscribe acknowledgement)."""
+    servers = redis_servers(n)
+    holder = Lock("wk", make_backend(servers), ttl=30.0)
+    holder.acquire()
+    backend = make_backend(servers)
+    attempts: list[float] = []
+    real = backend.acquire
+
+    def counting(name: str, holder_id: str, ttl: float):  # type: ignore[no-untyped-def]
+        attempts.append(time.monotonic())
+        return real(name, holder_id, ttl)
+
+    backend.acquire = counting  # type: ignore[method-assign]
+    waiter = Lock("wk", backend, ttl=30.0, retry_interval=60.0)
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=30.0)),
+                              daemon=True)
+    thread.start()
+    wait_until(lambda: len(attempts) >= 2)
+    time.sleep(0.3)                      # parked: nothing should happen now
+    assert len(attempts) == 2
+    released = time.monotonic()
+    holder.release()
+    thread.join(10.0)
+    assert result == [True]
+    assert len(attempts) == 3            # one more, after the wake-up
+    woke = attempts[2] - released
+    assert 0 <= woke < 2.0, woke         # woken by the release, not the 60 s retry
+    waiter.release()

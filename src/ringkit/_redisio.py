@@ -46,6 +46,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ringkit.validation import server_label
+
 __all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "ServerSkipped", "client_from_url",
            "gather", "gather_async", "no_retry", "pack", "script_sha"]
 
@@ -200,6 +202,27 @@ def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, _NOSCRIPT)
 
 
+def _script_reload(commands: Sequence[tuple[Any, ...]], replies: Sequence[Any],
+                   scripts: dict[str, str]) -> tuple[list[int], list[tuple[Any, ...]]] | None:
+    """The one NOSCRIPT path, sync and async: after a server lost its script cache (a restart),
+    the commands to send again, on the same connection: every script loaded, then only the
+    commands that failed with NOSCRIPT (the others ran, and must not run twice). None when no
+    reply was NOSCRIPT. Their replies go back in place with :func:`_script_reloaded`."""
+    missing = [i for i, r in enumerate(replies) if isinstance(r, Exception) and _is_noscript(r)]
+    if not missing:
+        return None
+    resend = [("SCRIPT", "LOAD", source) for source in scripts.values()]
+    resend += [commands[i] for i in missing]
+    return missing, resend
+
+
+def _script_reloaded(replies: list[Any], missing: Sequence[int], again: Sequence[Any],
+                     scripts: dict[str, str]) -> None:
+    """Put the replies of the commands sent again (after the script loads) in their places."""
+    for index, reply in zip(missing, again[len(scripts):]):
+        replies[index] = reply
+
+
 def _connection_kwargs(client: Any, timeout: float, *, asynchronous: bool
                        ) -> tuple[Any, dict[str, Any], bool]:
     """The connection class and settings for ringkit's own connections to `client`'s server,
@@ -233,11 +256,7 @@ def _connection_kwargs(client: Any, timeout: float, *, asynchronous: bool
 
 def server_name(client: Any) -> str:
     """A client's server as ringkit names it in errors and events: host:port/db."""
-    kwargs = getattr(client, "connection_pool", None)
-    kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs is not None else {}
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    return server_label(client)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -740,17 +759,12 @@ class Call:
                 self._extra.append(reply)
             # else: the reply to a late follow-up, dropped
         if self._retry is not None and self._extra:
-            again = self._extra[len(self.scripts or ()):]
-            for index, reply in zip(self._retry, again):
-                self.replies[index] = reply
+            _script_reloaded(self.replies, self._retry, self._extra, self.scripts or {})
             self._extra = []
         elif retry_scripts and self.scripts and self._retry is None:
-            missing = [i for i, r in enumerate(self.replies)
-                       if isinstance(r, Exception) and _is_noscript(r)]
-            if missing:
-                self._retry = missing
-                resend = [("SCRIPT", "LOAD", source) for source in self.scripts.values()]
-                resend += [self.commands[i] for i in missing]
+            reload = _script_reload(self.commands, self.replies, self.scripts)
+            if reload is not None:
+                self._retry, resend = reload
                 self._owed = len(resend)
                 conn.send(pack(resend))
                 return self._collect(retry_scripts)
@@ -1295,15 +1309,13 @@ class AsyncCall:
         generation = link._generation
         try:
             await self._exchange(conn, self.commands, self.replies)
-            if self.scripts:
-                missing = [i for i, r in enumerate(self.replies) if _is_noscript(r)]
-                if missing and not self.over:
-                    again: list[Any] = []
-                    resend = [("SCRIPT", "LOAD", s) for s in self.scripts.values()]
-                    resend += [self.commands[i] for i in missing]
-                    await self._exchange(conn, resend, again)
-                    for index, reply in zip(missing, again[len(self.scripts):]):
-                        self.replies[index] = reply
+            reload = (_script_reload(self.commands, self.replies, self.scripts)
+                      if self.scripts else None)
+            if reload is not None and self.scripts:
+                missing, resend = reload
+                again: list[Any] = []
+                await self._exchange(conn, resend, again)
+                _script_reloaded(self.replies, missing, again, self.scripts)
             if self.over and self.late is not None:
                 follow = None
                 try:

@@ -7,11 +7,13 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import ringkit
+from ringkit.validation import parse_node_list
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -144,28 +146,12 @@ class UsageError(Exception):
     """Bad arguments found after parsing (exit code 2)."""
 
 
-def _parse_nodes(text: str) -> dict[str, float]:
-    """'a,b,c:2.5' -> {'a': 1.0, 'b': 1.0, 'c': 2.5}."""
-    nodes: dict[str, float] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, weight = item.rpartition(":") if ":" in item else (item, "", "")
-        if sep:
-            try:
-                value = float(weight)
-            except ValueError:
-                # A name with a colon in it (host:port) and no weight.
-                name, value = item, 1.0
-        else:
-            value = 1.0
-        if name in nodes:
-            raise UsageError(f"--nodes: {name!r} is listed twice")
-        nodes[name] = value
-    if not nodes:
-        raise UsageError("--nodes: give at least one node, e.g. --nodes a,b,c:2")
-    return nodes
+def _parse_nodes(text: str, argname: str = "--nodes") -> dict[str, float]:
+    """'a,b,10.0.0.2:11212=2.5' -> {'a': 1.0, 'b': 1.0, '10.0.0.2:11212': 2.5}."""
+    try:
+        return parse_node_list(text, argname)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _make_ring(args: argparse.Namespace, nodes: dict[str, float]) -> ringkit.HashRing:
@@ -177,16 +163,35 @@ def _make_ring(args: argparse.Namespace, nodes: dict[str, float]) -> ringkit.Has
         raise UsageError(f"--nodes/--vnodes: {exc}") from None
 
 
+def _decoded(stream: Any, source: str) -> Iterator[str]:
+    """The lines of a binary stream as text; a line that is not UTF-8 is an error naming its
+    line number (not a byte offset in the whole input)."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{source}: line {number} is not UTF-8 ({exc.reason} at byte "
+                             f"{exc.start + 1} of the line)") from None
+
+
+def _source_name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _open_binary(path: str) -> Any:
+    return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+
+
 def _read_lines(path: str) -> list[str]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    stream = _open_binary(path)
     try:
-        keys = [line.rstrip("\r\n") for line in stream]
+        keys = [line.rstrip("\r\n") for line in _decoded(stream, _source_name(path))]
     finally:
-        if stream is not sys.stdin:
+        if path != "-":
             stream.close()
     keys = [k for k in keys if k]
     if not keys:
-        raise ValueError(f"no keys in {'standard input' if path == '-' else path}")
+        raise ValueError(f"no keys in {_source_name(path)}")
     return keys
 
 
@@ -195,6 +200,24 @@ def _inspect(args: argparse.Namespace) -> int:
 
     nodes = _parse_nodes(args.nodes)
     ring = _make_ring(args, nodes)
+    # Every argument is checked before anything is printed.
+    after = None
+    if args.add or args.remove:
+        changed = dict(ring.weights)
+        for name in args.remove or []:
+            if name not in changed:
+                raise UsageError(f"--remove: {name!r} is not one of the nodes")
+            del changed[name]
+        for item in args.add or []:
+            for name, weight in _parse_nodes(item, "--add").items():
+                if name in changed:
+                    raise UsageError(f"--add: {name!r} is already one of the nodes")
+                changed[name] = weight
+        if not changed:
+            raise UsageError("--remove: that would leave no node")
+        after = _make_ring(args, changed)
+    if args.plot:
+        _check_plot(args.plot)
     if args.keys_file is not None:
         keys = _read_lines(args.keys_file)
     else:
@@ -216,20 +239,7 @@ def _inspect(args: argparse.Namespace) -> int:
                   f"{(count / fair if fair else 0.0):>6.3f}x\n")
     out.write(f"\nmax/mean load: {load.max_over_mean:.3f}  (worst node vs its weighted share: "
               f"{load.max_over_expected:.3f})\n")
-    if args.add or args.remove:
-        changed = dict(ring.weights)
-        for name in args.remove or []:
-            if name not in changed:
-                raise UsageError(f"--remove: {name!r} is not one of the nodes")
-            del changed[name]
-        for item in args.add or []:
-            for name, weight in _parse_nodes(item).items():
-                if name in changed:
-                    raise UsageError(f"--add: {name!r} is already one of the nodes")
-                changed[name] = weight
-        if not changed:
-            raise UsageError("--remove: that would leave no node")
-        after = _make_ring(args, changed)
+    if after is not None:
         moved = ring.movement(after, keys)
         out.write(f"\nafter the change: {moved.count:,} of {moved.total:,} keys move "
                   f"({moved.fraction:.2%})\n")
@@ -241,15 +251,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_plot(path: str) -> None:
+    """--plot: matplotlib is there and the file can be written (before any output)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'ringkit[plot]'") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"--plot: cannot write {path!r} (no such folder, or not writable)")
+
+
 def _plot(path: str, ring: ringkit.HashRing, shares: dict[str, float], load: Any,
           np: Any) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'ringkit[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     names = list(ring.nodes)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.5), 4))
@@ -267,11 +285,11 @@ def _plot(path: str, ring: ringkit.HashRing, shares: dict[str, float], load: Any
 
 def _route(args: argparse.Namespace) -> int:
     import csv
-    import os
 
     ring = _make_ring(args, _parse_nodes(args.nodes))
     source = args.file
-    stream = sys.stdin if source == "-" else open(source, encoding="utf-8", newline="")  # noqa: SIM115
+    stream = _open_binary(source)
+    lines = _decoded(stream, _source_name(source))
     total_bytes = None
     if source != "-":
         total_bytes = os.fstat(stream.fileno()).st_size
@@ -281,16 +299,19 @@ def _route(args: argparse.Namespace) -> int:
     routed = 0
     try:
         if args.column is not None:
-            reader = csv.reader(stream)
+            reader = csv.reader(lines)
             header = next(reader, None)
             if header is None:
-                raise ValueError(f"no keys in {'standard input' if source == '-' else source}")
+                raise ValueError(f"no keys in {_source_name(source)}")
             if args.column not in header:
                 raise UsageError(f"--column: {args.column!r} is not a column of the input "
                                  f"(columns: {', '.join(header)})")
+            if args.node_column in header:
+                raise UsageError(f"--node-column: the input already has a {args.node_column!r} "
+                                 f"column; name the output column with --node-column NAME")
             col = header.index(args.column)
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow([*header, "node"])
+            writer.writerow([*header, args.node_column])
             for rows in _chunks(reader, 65536):
                 owners = ring.get_many([row[col] if col < len(row) else "" for row in rows])
                 writer.writerows([*row, nodes[i]] for row, i in zip(rows, owners.tolist()))
@@ -298,8 +319,8 @@ def _route(args: argparse.Namespace) -> int:
                 if show_progress:
                     _progress(routed, stream, total_bytes)
         else:
-            for lines in _chunks(stream, 65536):
-                keys = [line.rstrip("\r\n") for line in lines]
+            for chunk in _chunks(lines, 65536):
+                keys = [line.rstrip("\r\n") for line in chunk]
                 owners = ring.get_many(keys)
                 out.write("".join(f"{k}\t{nodes[i]}\n" for k, i in zip(keys, owners.tolist())))
                 routed += len(keys)
@@ -311,7 +332,7 @@ def _route(args: argparse.Namespace) -> int:
         if show_progress:
             sys.stderr.write("\n")
     if routed == 0:
-        raise ValueError(f"no keys in {'standard input' if source == '-' else source}")
+        raise ValueError(f"no keys in {_source_name(source)}")
     return 0
 
 
@@ -329,8 +350,7 @@ def _chunks(iterable: Any, size: int) -> Any:
 def _progress(done: int, stream: Any, total: int | None) -> None:
     if total:
         try:
-            fraction = min(1.0, stream.buffer.tell() / total) if hasattr(stream, "buffer") \
-                else 0.0
+            fraction = min(1.0, stream.tell() / total)
         except (OSError, ValueError):
             fraction = 0.0
         filled = int(fraction * 30)
@@ -349,8 +369,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_ring_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", required=True, metavar="A,B,C[:WEIGHT]",
-                        help="the nodes, comma separated, each with an optional :weight")
+    parser.add_argument("--nodes", required=True, metavar="NAME[=WEIGHT],...",
+                        help="the nodes, comma separated, each with an optional =weight; a "
+                             "name may hold colons (memcached servers: 10.0.0.1, "
+                             "10.0.0.2:11212=2)")
     parser.add_argument("--vnodes", type=int, default=160,
                         help="points per unit of weight (default 160)")
     parser.add_argument("--ketama", action="store_true",
@@ -380,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use N synthetic keys 'key:0' ... (default 100000)")
     keys.add_argument("--keys-file", metavar="FILE", help="read keys from FILE, one per line "
                                                           "('-' for standard input)")
-    inspect.add_argument("--add", action="append", metavar="X[:WEIGHT]",
+    inspect.add_argument("--add", action="append", metavar="X[=WEIGHT]",
                          help="show what adding node X moves (repeatable)")
     inspect.add_argument("--remove", action="append", metavar="Y",
                          help="show what removing node Y moves (repeatable)")
@@ -395,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ring_options(route)
     route.add_argument("--column", metavar="NAME",
                        help="the input is CSV with a header; route the column NAME")
+    route.add_argument("--node-column", metavar="NAME", default="node",
+                       help="with --column: the name of the column added (default 'node'; "
+                            "an input that has it already is refused)")
     route.add_argument("file", nargs="?", default="-", metavar="FILE",
                        help="input file, or '-' for standard input (the default)")
     route.set_defaults(run=_route)

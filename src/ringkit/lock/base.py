@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ringkit.validation import check_name as _check_name
+
 __all__ = ["Grant", "LockBackend", "AsyncLockBackend", "Waiter", "AsyncWaiter", "drift",
            "check_ttl", "check_name", "check_max_ttl", "TTL_LIMIT", "MIN_TTL"]
 
@@ -35,17 +37,7 @@ def drift(ttl: float) -> float:
 
 def check_name(name: object, argname: str = "name") -> str:
     """A lock name: a non-empty str that encodes to UTF-8 (no lone surrogates)."""
-    if not isinstance(name, str):
-        raise TypeError(f"{argname} must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{argname} must be a non-empty str")
-    if not name.isascii():
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"{argname} must encode to UTF-8: {exc.reason} at position "
-                             f"{exc.start} ({name[:60]!r})") from None
-    return name
+    return _check_name(name, argname)
 
 
 def check_ttl(ttl: object, argname: str = "ttl", limit: float = TTL_LIMIT) -> float:

@@ -91,6 +91,11 @@ def _check_timeout(timeout: object, argname: str) -> float | None:
     return value
 
 
+def _wait_event(seconds: float, stop: threading.Event) -> bool:
+    """The default renewal sleeper: wait `seconds`, or until renewal is stopped (True)."""
+    return stop.wait(seconds)
+
+
 def _max_ttl(backend: object) -> float:
     limit = getattr(backend, "max_ttl", None)
     if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit:
@@ -98,8 +103,106 @@ def _max_ttl(backend: object) -> float:
     return TTL_LIMIT
 
 
+# The protocol's operations. A step yields one and receives its result; the driver (Lock or
+# AsyncLock) performs it by calling its own do_* method (AsyncLock's are coroutines, awaited):
+# validation in the public methods, I/O in do_*, as in redis-py's Lock.
+
+
+class _Op:
+    __slots__ = ()
+
+    def perform(self, driver: Any) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class _Acquire(_Op):
+    holder: str
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_acquire(self.holder)
+
+
+@dataclass(frozen=True, slots=True)
+class _Release(_Op):
+    holder: str
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_release(self.holder)
+
+
+@dataclass(frozen=True, slots=True)
+class _Extend(_Op):
+    holder: str
+    ttl: float
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_extend(self.holder, self.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class _Owned(_Op):
+    holder: str
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_owned(self.holder)
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscribe(_Op):
+    def perform(self, driver: Any) -> Any:
+        return driver.do_subscribe()
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait(_Op):
+    waiter: Any
+    seconds: float
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_wait(self.waiter, self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsubscribe(_Op):
+    waiter: Any
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_unsubscribe(self.waiter)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause(_Op):
+    """Wait between renewals; the result says whether renewal was stopped meanwhile."""
+
+    seconds: float
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_pause(self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class _OnLost(_Op):
+    def perform(self, driver: Any) -> Any:
+        return driver.do_on_lost()
+
+
+@dataclass(frozen=True, slots=True)
+class _StartRenewal(_Op):
+    holder: str
+
+    def perform(self, driver: Any) -> Any:
+        return driver.do_start_renewal(self.holder)
+
+
+@dataclass(frozen=True, slots=True)
+class _StopRenewal(_Op):
+    def perform(self, driver: Any) -> Any:
+        return driver.do_stop_renewal()
+
+
 # A lock operation's steps: they yield operations and receive their results.
-Steps = Generator[tuple[Any, ...], Any, Any]
+Steps = Generator[_Op, Any, Any]
 
 
 class _LockBase:
@@ -222,9 +325,9 @@ class _LockBase:
         return wait
 
     # -- the protocol, without I/O -------------------------------------------------------------
-    # Lock and AsyncLock run the same steps: a step yields an operation, ("acquire", holder),
-    # ("wait", waiter, seconds), ..., which the class's driver performs (calling or awaiting the
-    # backend) and whose result (or exception) it sends back in.
+    # Lock and AsyncLock run the same steps: a step yields an operation (_Acquire(holder),
+    # _Wait(waiter, seconds), ...), which the class performs with its do_* method (calling or
+    # awaiting the backend) and whose result (or exception) it sends back in.
 
     def _acquire_steps(self, blocking: bool, timeout: object) -> Steps:
         limit = self._check_acquire_args(blocking, timeout)
@@ -243,7 +346,7 @@ class _LockBase:
                 # never delete the lease of a later attempt.
                 holder = secrets.token_hex(16)
                 try:
-                    grant = yield ("acquire", holder)
+                    grant = yield _Acquire(holder)
                 except QuorumError as exc:
                     self._emit("quorum_failed", None, exc)
                     if not blocking or self._clock() >= quorum_limit:
@@ -252,7 +355,7 @@ class _LockBase:
                 if grant is not None:
                     self._granted(holder, grant)
                     if self.auto_renew:
-                        yield ("start_renewal", holder)
+                        yield _StartRenewal(holder)
                     return True
                 if not blocking:
                     return False
@@ -261,18 +364,18 @@ class _LockBase:
                 if waiter is None:
                     # Subscribe, then try again at once: a release between the first attempt
                     # and the subscription is not missed.
-                    waiter = yield ("waiter",)
+                    waiter = yield _Subscribe()
                     continue
-                yield ("wait", waiter, self._retry_wait(deadline))
+                yield _Wait(waiter, self._retry_wait(deadline))
         finally:
             if waiter is not None:
-                yield ("close", waiter)
+                yield _Unsubscribe(waiter)
 
     def _release_steps(self) -> Steps:
         holder = self._take_for_release()
-        yield ("stop_renewal",)
+        yield _StopRenewal()
         token = self._token
-        if not (yield ("release", holder)):
+        if not (yield _Release(holder)):
             error = LockLostError(f"lock {self.name!r} had expired before release; another "
                                   f"holder may have had it", lock_name=self.name)
             self._emit("lost", token, error)
@@ -282,7 +385,7 @@ class _LockBase:
     def _extend_steps(self, ttl: float | None) -> Steps:
         new_ttl = self.ttl if ttl is None else check_ttl(ttl, limit=self._max_ttl)
         holder = self._check_held()
-        validity = yield ("extend", holder, new_ttl)
+        validity = yield _Extend(holder, new_ttl)
         if validity is None:
             error = LockLostError(f"lock {self.name!r} was lost: it could not be extended",
                                   lock_name=self.name)
@@ -302,17 +405,17 @@ class _LockBase:
         if expired:
             yield from self._lost_steps(holder, None)
             return False
-        return bool((yield ("owned", holder)))
+        return bool((yield _Owned(holder)))
 
     def _lost_steps(self, holder: str, error: BaseException | None) -> Steps:
         if self._mark_lost(holder, error) and self.on_lost is not None:
-            yield ("on_lost",)
+            yield _OnLost()
 
     def _renew_steps(self, holder: str) -> Steps:
         """Renew every ttl/3 until released, lost, stopped, or out of renewals."""
         interval = self.ttl / 3
         pid = os.getpid()
-        while not (yield ("pause", interval)):
+        while not (yield _Pause(interval)):
             with self._state:
                 if self._holder != holder or self._lost or os.getpid() != pid:
                     return
@@ -320,14 +423,14 @@ class _LockBase:
                 exhausted = self.max_renewals is not None and self._renewals >= self.max_renewals
             if exhausted:
                 # No more renewals: the lease is lost when its validity runs out.
-                if (yield ("pause", max(0.0, deadline - self._clock()))):
+                if (yield _Pause(max(0.0, deadline - self._clock()))):
                     return
                 yield from self._lost_steps(holder, LockLostError(
                     f"lock {self.name!r} ran out after max_renewals={self.max_renewals}",
                     lock_name=self.name))
                 return
             try:
-                validity = yield ("extend", holder, self.ttl)
+                validity = yield _Extend(holder, self.ttl)
             except LockError as exc:
                 self._emit("quorum_failed", self._token, exc)
                 if self._clock() >= deadline:
@@ -403,6 +506,11 @@ class Lock(_LockBase):
 
     Fork: a child process does not own its parent's lock (``release()`` there raises
     LockNotOwnedError) and renewal does not continue in the child.
+
+    ``clock`` (seconds, default ``time.monotonic``) measures validity; ``sleeper(seconds,
+    stop)`` makes the waits between renewals (default: ``stop.wait(seconds)``; it returns True
+    once renewal was stopped). Tests pass a virtual clock and sleeper to run renewals without
+    sleeping.
     """
 
     def __init__(
@@ -418,6 +526,7 @@ class Lock(_LockBase):
         on_event: Callable[[LockEvent], object] | None = None,
         retry_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleeper: Callable[[float, threading.Event], bool] | None = None,
     ) -> None:
         if backend is None:
             backend = default_backend()
@@ -432,11 +541,15 @@ class Lock(_LockBase):
                          blocking_timeout=blocking_timeout, max_renewals=max_renewals,
                          on_event=on_event, retry_interval=retry_interval, clock=clock,
                          max_ttl=_max_ttl(backend))
+        if sleeper is not None and not callable(sleeper):
+            raise TypeError("sleeper must be callable or None")
         self.backend = backend
+        self._sleeper = sleeper if sleeper is not None else _wait_event
         self._stop_renewal: threading.Event | None = None
+        self._renewing = threading.local()
 
-    def _run(self, steps: Steps, stop: threading.Event | None = None) -> Any:
-        """Perform the operations of `steps` against the backend until it returns."""
+    def _run(self, steps: Steps) -> Any:
+        """Perform the operations of `steps` until it returns."""
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -446,36 +559,45 @@ class Lock(_LockBase):
                 return done.value
             result, error = None, None
             try:
-                result = self._perform(op, stop)
+                result = op.perform(self)
             except BaseException as exc:  # noqa: BLE001 - handed to the steps, which decide
                 error = exc
 
-    def _perform(self, op: tuple[Any, ...], stop: threading.Event | None) -> Any:
-        kind = op[0]
-        if kind == "acquire":
-            return self.backend.acquire(self.name, op[1], self.ttl)
-        if kind == "release":
-            return self.backend.release(self.name, op[1])
-        if kind == "extend":
-            return self.backend.extend(self.name, op[1], op[2])
-        if kind == "owned":
-            return self.backend.owned(self.name, op[1])
-        if kind == "waiter":
-            return self.backend.waiter(self.name)
-        if kind == "wait":
-            return op[1].wait(op[2])
-        if kind == "close":
-            return op[1].close()
-        if kind == "pause":
-            assert stop is not None
-            return stop.wait(op[1])
-        if kind == "on_lost":
-            return self._on_lost_callback()
-        if kind == "start_renewal":
-            return self._start_renewal(op[1])
-        if kind == "stop_renewal":
-            return self._stop_renewing()
-        raise AssertionError(f"unknown lock operation {kind!r}")
+    # The I/O of each operation (the steps above decide; these do).
+
+    def do_acquire(self, holder: str) -> Grant | None:
+        return self.backend.acquire(self.name, holder, self.ttl)
+
+    def do_release(self, holder: str) -> bool:
+        return self.backend.release(self.name, holder)
+
+    def do_extend(self, holder: str, ttl: float) -> float | None:
+        return self.backend.extend(self.name, holder, ttl)
+
+    def do_owned(self, holder: str) -> bool:
+        return self.backend.owned(self.name, holder)
+
+    def do_subscribe(self) -> Any:
+        return self.backend.waiter(self.name)
+
+    def do_wait(self, waiter: Any, seconds: float) -> None:
+        waiter.wait(seconds)
+
+    def do_unsubscribe(self, waiter: Any) -> None:
+        waiter.close()
+
+    def do_pause(self, seconds: float) -> bool:
+        stop = self._renewing.stop
+        return bool(self._sleeper(seconds, stop))
+
+    def do_on_lost(self) -> None:
+        self._on_lost_callback()
+
+    def do_start_renewal(self, holder: str) -> None:
+        self._start_renewal(holder)
+
+    def do_stop_renewal(self) -> None:
+        self._stop_renewing()
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take the lease; True when taken. ``blocking=False`` tries once; ``timeout`` bounds
@@ -505,9 +627,13 @@ class Lock(_LockBase):
     def _start_renewal(self, holder: str) -> None:
         stop = threading.Event()
         self._stop_renewal = stop
-        thread = threading.Thread(target=self._run, args=(self._renew_steps(holder), stop),
+        thread = threading.Thread(target=self._renew, args=(holder, stop),
                                   name=f"ringkit-renew-{self.name}", daemon=True)
         thread.start()
+
+    def _renew(self, holder: str, stop: threading.Event) -> None:
+        self._renewing.stop = stop          # this thread's stop event, for do_pause
+        self._run(self._renew_steps(holder))
 
     def _stop_renewing(self) -> None:
         if self._stop_renewal is not None:
@@ -536,7 +662,8 @@ class AsyncLock(_LockBase):
     """:class:`Lock` for asyncio programs: the same semantics, awaited.
 
     ``backend`` is a :class:`ringkit.lock.AsyncRedisBackend` or (default, shared by the process)
-    an :class:`ringkit.lock.AsyncMemoryBackend`. Renewal runs as an asyncio task.
+    an :class:`ringkit.lock.AsyncMemoryBackend`. Renewal runs as an asyncio task, waiting with
+    ``sleeper(seconds)`` (default ``asyncio.sleep``).
     """
 
     def __init__(
@@ -552,6 +679,7 @@ class AsyncLock(_LockBase):
         on_event: Callable[[LockEvent], object] | None = None,
         retry_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleeper: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
         if backend is None:
             backend = _default_async_backend()
@@ -564,7 +692,10 @@ class AsyncLock(_LockBase):
                          blocking_timeout=blocking_timeout, max_renewals=max_renewals,
                          on_event=on_event, retry_interval=retry_interval, clock=clock,
                          max_ttl=_max_ttl(backend))
+        if sleeper is not None and not callable(sleeper):
+            raise TypeError("sleeper must be callable or None")
         self.backend = backend
+        self._sleeper = sleeper if sleeper is not None else asyncio.sleep
         self._renewal: asyncio.Task[None] | None = None
 
     async def _run(self, steps: Steps) -> Any:
@@ -578,43 +709,50 @@ class AsyncLock(_LockBase):
                 return done.value
             result, error = None, None
             try:
-                result = await self._perform(op)
+                result = await op.perform(self)
             except BaseException as exc:  # noqa: BLE001 - handed to the steps (cancellation too)
                 error = exc
 
-    async def _perform(self, op: tuple[Any, ...]) -> Any:
-        kind = op[0]
-        if kind == "acquire":
-            return await self.backend.acquire(self.name, op[1], self.ttl)
-        if kind == "release":
-            return await self.backend.release(self.name, op[1])
-        if kind == "extend":
-            return await self.backend.extend(self.name, op[1], op[2])
-        if kind == "owned":
-            return await self.backend.owned(self.name, op[1])
-        if kind == "waiter":
-            return await self.backend.waiter(self.name)
-        if kind == "wait":
-            return await op[1].wait(op[2])
-        if kind == "close":
-            return await op[1].close()
-        if kind == "pause":
-            await asyncio.sleep(op[1])
-            return False   # a cancelled task stops by CancelledError instead
-        if kind == "on_lost":
-            result = self._on_lost_callback()
-            if isinstance(result, Awaitable):
-                try:
-                    await result
-                except Exception:
-                    log.exception("ringkit lock on_lost callback raised")
-            return None
-        if kind == "start_renewal":
-            self._renewal = asyncio.ensure_future(self._run(self._renew_steps(op[1])))
-            return None
-        if kind == "stop_renewal":
-            return self._cancel_renewal()
-        raise AssertionError(f"unknown lock operation {kind!r}")
+    # The I/O of each operation, awaited.
+
+    async def do_acquire(self, holder: str) -> Grant | None:
+        return await self.backend.acquire(self.name, holder, self.ttl)
+
+    async def do_release(self, holder: str) -> bool:
+        return await self.backend.release(self.name, holder)
+
+    async def do_extend(self, holder: str, ttl: float) -> float | None:
+        return await self.backend.extend(self.name, holder, ttl)
+
+    async def do_owned(self, holder: str) -> bool:
+        return await self.backend.owned(self.name, holder)
+
+    async def do_subscribe(self) -> Any:
+        return await self.backend.waiter(self.name)
+
+    async def do_wait(self, waiter: Any, seconds: float) -> None:
+        await waiter.wait(seconds)
+
+    async def do_unsubscribe(self, waiter: Any) -> None:
+        await waiter.close()
+
+    async def do_pause(self, seconds: float) -> bool:
+        await self._sleeper(seconds)
+        return False   # a cancelled renewal task stops by CancelledError instead
+
+    async def do_on_lost(self) -> None:
+        result = self._on_lost_callback()
+        if isinstance(result, Awaitable):
+            try:
+                await result
+            except Exception:
+                log.exception("ringkit lock on_lost callback raised")
+
+    async def do_start_renewal(self, holder: str) -> None:
+        self._renewal = asyncio.ensure_future(self._run(self._renew_steps(holder)))
+
+    async def do_stop_renewal(self) -> None:
+        self._cancel_renewal()
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """See :meth:`Lock.acquire`."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from ringkit._redisio import Call, Late, Link, client_from_url, gather, script_sha
 from ringkit.replication.base import NodeState, Record, Version
+from ringkit.validation import server_label
 
 __all__ = ["RedisNode"]
 
@@ -208,10 +209,14 @@ class RedisNode:
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         self.client = client
         kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        #: The server as messages name it (``host:port/db``), as the lock layer does.
+        self.server = server_label(client)
+        #: The node's own name (default ``host:port``: kept as it was, since stores may be keyed
+        #: by it, and a store's placement hashes the names it is given).
         self.name = name or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         self.prefix = prefix
         self.socket_timeout = float(socket_timeout)
-        self.link = Link(client, self.socket_timeout, self.name)
+        self.link = Link(client, self.socket_timeout, self.server)
         self._marker_key = f"{prefix}__epoch__"
         self._floor_key = f"{prefix}__floor__"
         self._members_key = f"{prefix}__members__"
@@ -391,7 +396,7 @@ class RedisNode:
             self.client.close()
 
     def __repr__(self) -> str:
-        return f"<RedisNode {self.name} prefix={self.prefix!r}>"
+        return f"<RedisNode {self.name} on {self.server} prefix={self.prefix!r}>"
 
 
 class _RedisPending:

@@ -1,14 +1,14 @@
 """Replication: ringkit.ReplicatedStore on three redis-servers beside plain redis-py on one, and on
 memory nodes (issue 6's "Speed" paragraph).
 
-The file starts its own ``redis-server`` processes (four, on free loopback ports, no persistence:
-``--save "" --appendonly no``), waits for PING, and kills them by pid at the end of the module:
-three are the store's nodes (``RedisNode``; ``replicas=3, write_quorum=2, read_quorum=2``), the
-fourth serves the plain redis-py reference rows, so those run on one server exactly as a user of
-a single Redis would. Every client is a ``redis.Redis`` with the same socket timeouts, and redis-py
-must parse replies with hiredis (ringkit's ``redis`` extra requires it): the module fails at once
-if it does not, and every Redis row records redis-py's and hiredis's versions and the parser class
-in its extra_info.
+Four redis-servers (free loopback ports, no persistence) come from bench/conftest.py's
+``redis_servers`` fixture, which starts and stops them with tests/redis_procs.py: three are the
+store's nodes (``RedisNode``; ``replicas=3, write_quorum=2, read_quorum=2``), the fourth serves the
+plain redis-py reference rows, so those run on one server exactly as a user of a single Redis
+would. Every client is a ``redis.Redis`` with the same socket timeouts, and redis-py must parse
+replies with hiredis (ringkit's ``redis`` extra requires it): the module fails at once if it does
+not, and every Redis row records redis-py's and hiredis's versions and the parser class in its
+extra_info.
 
 Rows, one benchmark group each:
 
@@ -24,26 +24,29 @@ Rows, one benchmark group each:
   the store wrote before and on fresh keys (target >= 100,000 ops/s), and ``put`` alone and ``get``
   alone, for information.
 
-Interleaving. Loopback latency swings by tens of percent from one second to the next, so the Redis
-rows of a group are measured in one pass: in each round every contender in turn (the order
-rotates from round to round) runs its batch (latency: BATCH calls, each timed on its own with
-``time.perf_counter_ns``, the batch's median being the contender's figure for the round; bulk:
-one call of 10,000 keys, timed whole). Each benchmark then hands its per-round figures to
-pytest-benchmark through ``benchmark.pedantic`` with a replay timer (a clock that advances by the
-next recorded figure each round), so the JSON's stats, and bench/report.py's median, min and
-rounds, are exactly those of the interleaved rounds; ``extra_info`` keeps the raw figures
-(``round_figures_s``) and the method. The in-memory rows use bench/conftest.py's ``measure``.
+Timing. Every row is its own benchmark, timed by pytest-benchmark itself with
+``benchmark.pedantic``: the latency rows ROUNDS rounds of BATCH calls (one call per iteration; a
+round's time over BATCH is one figure), the bulk rows BULK_ROUNDS rounds of one call of 10,000
+keys (a fresh-key ``put_many`` gets its new keys from pedantic's untimed ``setup``), each after
+one warm-up round, so the JSON's stats, and bench/report.py's figures, are pytest-benchmark's
+measurements. The rows run in one process, one after the other, in file order, and the rows of a
+group are adjacent, so the contenders of a group are measured within seconds of one another;
+loopback latency still swings by tens of percent from one second to the next on a small VM, and a
+ratio within a group carries that noise. The in-memory rows are calibrated by pytest-benchmark.
+bench/conftest.py's ``measure`` fixture runs every row and writes its extra_info (label, n_keys,
+reference, targets, per, versions, median_s, ns_per_key, keys_per_s).
 
 Before timing: values read back equal what was written, on all three servers; each ringkit
 contender has its own store (own writer id, own redis-py clients) as separate users would; and
 INFO commandstats counts, over the three servers, the commands one ``put`` causes (recorded as
 ``server_commands_per_put``; INFO also counts the commands a script runs: the one-round-trip path
 is, per server, the epoch-marker GET and one EVALSHA, whose script runs one HMGET and one HSET).
-After each SET batch the plain server's and the client's last CPU (/proc/<pid>/stat) are noted
-(``server_on_client_cpu_rounds`` in the SET row's extra_info): on a small VM a round trip to a
-server on the other, idle, core costs several times one on the client's core, so the SET
-reference moves with the scheduler's placement as well as with the load.
-Targets are the issue's; bench/report.py says whether they were met, nothing here asserts on time.
+After each timed round of SET the plain server's and the client's last CPU (/proc/<pid>/stat) are
+noted (pedantic's ``teardown``; ``server_on_client_cpu_rounds`` in the SET row's extra_info): on a
+small VM a round trip to a server on the other, idle, core costs several times one on the
+client's core, so the SET reference moves with the scheduler's placement as well as with the load.
+After timing, what the timed calls wrote reads back. Targets are the issue's; bench/report.py says
+whether they were met, nothing here asserts on time.
 
 Run alone (about a minute of measuring)::
 
@@ -54,18 +57,16 @@ Run alone (about a minute of measuring)::
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
-import statistics
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-ROUNDS = 30  # interleaved rounds, latency groups
-BATCH = 200  # calls per contender per round, latency groups
-BULK_ROUNDS = 9  # interleaved rounds, put_many / get_many groups
+ROUNDS = 30  # rounds per latency row
+BATCH = 200  # calls per round (iterations), latency rows
+BULK_ROUNDS = 9  # rounds per put_many / get_many row (one call each)
 N_BULK = 10_000  # keys per put_many / get_many call
 N_MEMORY = 10_000  # operations per timed call, in-memory rows
 UPDATE_POOL = 2_000  # keys a latency-round update cycles through (written once beforehand)
@@ -98,77 +99,19 @@ G_GET_MANY = ("replication: get_many, 10,000 keys, 3 redis-servers (replicas=3, 
 G_MEMORY = "replication: in memory, 3 MemoryNode (replicas=3, W=2, R=2), 10,000 operations per call"
 
 PEER_PACKAGES = ("ringkit", "redis", "hiredis")
+LATENCY = {"rounds": ROUNDS, "iterations": BATCH, "warmup_rounds": 1}
+BULK = {"rounds": BULK_ROUNDS, "warmup_rounds": 1}
 
 
-# --------------------------------------------------------------------------------------------------
-# The replay timer: pytest-benchmark's stats become the interleaved rounds' figures.
-
-
-class ReplayClock:
-    """A timer for pytest-benchmark that advances, each round, by the next recorded figure.
-
-    ``benchmark.pedantic(clock.step, rounds=len(figures))`` reads the timer around each call of
-    ``step``; ``step`` moves the clock on by the next figure, so each round's duration is that
-    figure.
-    """
-
-    __name__ = "interleaved_replay"
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        self._pending: list[float] = []
-
-    def __call__(self) -> float:
-        return self._now
-
-    def load(self, figures: Sequence[float]) -> None:
-        self._now = 0.0
-        self._pending = list(figures)
-
-    def step(self) -> None:
-        self._now += self._pending.pop(0)
-
-
-REPLAY = ReplayClock()
-
-
-def replayed(group: str) -> pytest.MarkDecorator:
-    return pytest.mark.benchmark(group=group, timer=REPLAY)
-
-
-def _target(metric: str, op: str, value: float, vs: str | None = None) -> dict[str, Any]:
-    """The target dict bench/conftest.py's ``measure`` writes (and bench/report.py reads)."""
-    return {"metric": metric, "op": op, "value": value, "vs": vs}
-
-
-def record(benchmark: Any, figures: Sequence[float], *, label: str, n_keys: int, per: str,
-           reference: bool = False, targets: Iterable[dict[str, Any]] = (),
-           **extra: Any) -> None:
-    """Hand the interleaved per-round figures (seconds per call of `n_keys` items) to
-    pytest-benchmark and write extra_info the way ``measure`` does."""
-    info = benchmark.extra_info
-    info.update(label=label, n_keys=n_keys, n_bytes=None, reference=reference,
-                targets=list(targets), per=per, method="interleaved rounds, replayed",
-                round_figures_s=list(figures), **extra)
-    REPLAY.load(figures)
-    benchmark.pedantic(REPLAY.step, rounds=len(figures), iterations=1)
-    median = statistics.median(figures)
-    info.update(median_s=median, ns_per_key=median / n_keys * 1e9, keys_per_s=n_keys / median,
-                versions=_versions(), redis_client=_redis_client_info())
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PEER_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+def run_redis_row(measure: Any, benchmark: Any, op: Callable[..., Any], *, label: str,
+                  n_keys: int, per: str, pedantic: dict[str, Any], **row: Any) -> Any:
+    """Time one Redis row with pedantic rounds; record the redis-py client beside its versions."""
+    benchmark.extra_info.update(value_bytes=VALUE_SIZE, redis_client=_redis_client_info())
+    return measure(op, label=label, n_keys=n_keys, per=per, versions=PEER_PACKAGES,
+                   pedantic=pedantic, **row)
 
 
 _PARSER: dict[str, str] = {}
-SERVER_PIDS: dict[int, int] = {}  # port -> redis-server pid
 
 
 def _last_cpu(pid: int | str) -> int | None:
@@ -201,14 +144,17 @@ def _client(port: int) -> Any:
 
 
 @pytest.fixture(scope="module")
-def redis_ports(start_redis_servers: Any) -> list[int]:
-    """Four redis-servers: [0:3] the store's nodes, [3] the plain redis-py reference."""
-    started = start_redis_servers(4)
-    for pid, port in started:
-        SERVER_PIDS[port] = pid
-    ports = [port for _, port in started]
-    _require_hiredis(ports[3])
-    return ports
+def servers(redis_servers: Callable[[int], list[Any]]) -> list[Any]:
+    """Four redis-servers (redis_procs.RedisProc): [0:3] the store's nodes, [3] the plain
+    redis-py reference."""
+    started = redis_servers(4)
+    _require_hiredis(started[3].port)
+    return started
+
+
+@pytest.fixture(scope="module")
+def redis_ports(servers: list[Any]) -> list[int]:
+    return [server.port for server in servers]
 
 
 def _require_hiredis(port: int) -> None:
@@ -276,51 +222,22 @@ def commands_per_put(store: Any, ports: Sequence[int], keys: Sequence[str]) -> d
 
 
 # --------------------------------------------------------------------------------------------------
-# Interleaving
-
-
-def time_batch(op: Callable[[], Any], n: int) -> float:
-    """Median seconds of one call over n calls, each timed on its own."""
-    clock = time.perf_counter_ns
-    samples = []
-    for _ in range(n):
-        t0 = clock()
-        op()
-        samples.append(clock() - t0)
-    return statistics.median(samples) / 1e9
-
-
-def time_once(op: Callable[[], Any], n: int) -> float:
-    """Seconds of one call (n is unused: bulk calls are timed whole)."""
-    t0 = time.perf_counter()
-    op()
-    return time.perf_counter() - t0
-
-
-def interleave(ops: dict[str, Callable[[], Any]], rounds: int, batch: int,
-               timer: Callable[[Callable[[], Any], int], float],
-               after: dict[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
-    """Per contender, one figure per round; the order rotates so no contender always goes first.
-    ``after[label]``, if given, is called after each of that contender's batches."""
-    for op in ops.values():  # warm up: connections open, scripts loaded, code specialised
-        timer(op, max(20, batch // 4))
-    labels = list(ops)
-    figures: dict[str, list[float]] = {label: [] for label in labels}
-    for r in range(rounds):
-        for i in range(len(labels)):
-            label = labels[(r + i) % len(labels)]
-            figures[label].append(timer(ops[label], batch))
-            if after and label in after:
-                after[label]()
-    return figures
-
-
-# --------------------------------------------------------------------------------------------------
 # put / get latency
 
 
+@dataclass
+class Latency:
+    """The clients of the latency rows, their data written and checked beforehand."""
+    plain: Any  # redis-py client of the plain server
+    plain_pid: int
+    fresh_store: Any
+    update_store: Any
+    read_store: Any
+    commands_per_put: dict[str, dict[str, float]]
+
+
 @pytest.fixture(scope="module")
-def latency_figures(redis_ports: list[int]) -> dict[str, Any]:
+def latency(servers: list[Any], redis_ports: list[int]) -> Iterator[Latency]:
     nodes, plain_port = redis_ports[:3], redis_ports[3]
     plain = _client(plain_port)
     fresh_store, update_store, read_store = (_redis_store(nodes) for _ in range(3))
@@ -339,81 +256,88 @@ def latency_figures(redis_ports: list[int]) -> dict[str, Any]:
     probe = _redis_store(nodes)
     per_fresh = commands_per_put(probe, nodes, [f"probe:{i}" for i in range(100)])
     per_update = commands_per_put(probe, nodes, [f"probe:{i}" for i in range(100)])
+    yield Latency(plain, servers[3].pid, fresh_store, update_store, read_store,
+                  {"fresh": per_fresh, "update": per_update})
+    plain.close()
 
-    fresh_ids = itertools.count()
-    cycle_update, cycle_set, cycle_get, cycle_rk_get = (itertools.cycle(range(UPDATE_POOL))
-                                                        for _ in range(4))
-    fput, uput, rget = fresh_store.put, update_store.put, read_store.get
-    pset, pget = plain.set, plain.get
-    ops: dict[str, Callable[[], Any]] = {
-        SET: lambda: pset(f"plain:{next(cycle_set)}", VALUE),
-        PUT_FRESH: lambda: fput(f"fresh:{next(fresh_ids)}", VALUE),
-        PUT_UPDATE: lambda: uput(f"lat:{next(cycle_update)}", VALUE),
-        GET: lambda: pget(f"plain:{next(cycle_get)}"),
-        RK_GET: lambda: rget(f"read:{next(cycle_rk_get)}"),
-    }
-    # Where the plain server ran against the client, after each SET batch: on this kind of
-    # machine (a 2-core VM) a round trip to a server on the other, idle, core costs several
-    # times one on the client's own core, so the SET reference moves with the scheduler.
+
+@pytest.mark.benchmark(group=G_PUT)
+def test_put_set(measure: Any, benchmark: Any, latency: Latency) -> None:
+    cycle, pset = itertools.cycle(range(UPDATE_POOL)), latency.plain.set
+    # Where the plain server ran against the client, after each round: on this kind of machine
+    # (a 2-core VM) a round trip to a server on the other, idle, core costs several times one on
+    # the client's own core, so the SET reference moves with the scheduler.
     placement: list[str] = []
 
     def note_placement() -> None:
-        server, client = _last_cpu(SERVER_PIDS[plain_port]), _last_cpu("self")
+        server, client = _last_cpu(latency.plain_pid), _last_cpu("self")
         placement.append("unknown" if server is None or client is None
                          else "same" if server == client else "other")
 
-    figures: dict[str, Any] = dict(interleave(ops, ROUNDS, BATCH, time_batch,
-                                              after={SET: note_placement}))
-    figures["placement"] = placement
-    # The timed calls wrote what they should.
-    assert fresh_store.get(f"fresh:{next(fresh_ids) - 1}") == VALUE
-    assert update_store.get("lat:0") == VALUE
-    figures["commands_per_put"] = {"fresh": per_fresh, "update": per_update}
-    plain.close()
-    return figures
+    run_redis_row(measure, benchmark, lambda: pset(f"plain:{next(cycle)}", VALUE), label=SET,
+                  n_keys=1, per="call", reference=True,
+                  pedantic={**LATENCY, "teardown": note_placement})
+    # pedantic also tears down after its warm-up round and after the one untimed call it makes
+    # for the result: keep the timed rounds' notes.
+    timed = placement[LATENCY["warmup_rounds"]:][:ROUNDS]
+    benchmark.extra_info.update(
+        server_cpu_vs_client_per_round=timed,
+        server_on_client_cpu_rounds=f"{timed.count('same')} of {len(timed)}")
+    assert latency.plain.get("plain:0") == VALUE
 
 
-@replayed(G_PUT)
-def test_put_set(benchmark: Any, latency_figures: dict[str, Any]) -> None:
-    placement = latency_figures["placement"]
-    record(benchmark, latency_figures[SET], label=SET, n_keys=1, per="call", reference=True,
-           batch=BATCH, value_bytes=VALUE_SIZE,
-           server_cpu_vs_client_per_round=placement,
-           server_on_client_cpu_rounds=f"{placement.count('same')} of {len(placement)}")
+@pytest.mark.benchmark(group=G_PUT)
+def test_put_fresh(measure: Any, benchmark: Any, latency: Latency) -> None:
+    fresh_ids, put = itertools.count(), latency.fresh_store.put
+    benchmark.extra_info["server_commands_per_put"] = latency.commands_per_put["fresh"]
+    run_redis_row(measure, benchmark, lambda: put(f"fresh:{next(fresh_ids)}", VALUE),
+                  label=PUT_FRESH, n_keys=1, per="call", pedantic=LATENCY,
+                  targets=[("speedup", ">=", 0.25, SET)])
+    assert latency.fresh_store.get(f"fresh:{next(fresh_ids) - 1}") == VALUE
 
 
-@replayed(G_PUT)
-def test_put_fresh(benchmark: Any, latency_figures: dict[str, Any]) -> None:
-    record(benchmark, latency_figures[PUT_FRESH], label=PUT_FRESH, n_keys=1, per="call",
-           targets=[_target("speedup", ">=", 0.25, SET)], batch=BATCH, value_bytes=VALUE_SIZE,
-           server_commands_per_put=latency_figures["commands_per_put"]["fresh"])
+@pytest.mark.benchmark(group=G_PUT)
+def test_put_update(measure: Any, benchmark: Any, latency: Latency) -> None:
+    cycle, put = itertools.cycle(range(UPDATE_POOL)), latency.update_store.put
+    benchmark.extra_info["server_commands_per_put"] = latency.commands_per_put["update"]
+    run_redis_row(measure, benchmark, lambda: put(f"lat:{next(cycle)}", VALUE),
+                  label=PUT_UPDATE, n_keys=1, per="call", pedantic=LATENCY,
+                  targets=[("speedup", ">=", 0.25, SET)])
+    assert latency.update_store.get("lat:0") == VALUE
 
 
-@replayed(G_PUT)
-def test_put_update(benchmark: Any, latency_figures: dict[str, Any]) -> None:
-    record(benchmark, latency_figures[PUT_UPDATE], label=PUT_UPDATE, n_keys=1, per="call",
-           targets=[_target("speedup", ">=", 0.25, SET)], batch=BATCH, value_bytes=VALUE_SIZE,
-           server_commands_per_put=latency_figures["commands_per_put"]["update"])
+@pytest.mark.benchmark(group=G_GET)
+def test_get_plain(measure: Any, benchmark: Any, latency: Latency) -> None:
+    cycle, pget = itertools.cycle(range(UPDATE_POOL)), latency.plain.get
+    got = run_redis_row(measure, benchmark, lambda: pget(f"plain:{next(cycle)}"), label=GET,
+                        n_keys=1, per="call", reference=True, pedantic=LATENCY)
+    assert got == VALUE
 
 
-@replayed(G_GET)
-def test_get_plain(benchmark: Any, latency_figures: dict[str, Any]) -> None:
-    record(benchmark, latency_figures[GET], label=GET, n_keys=1, per="call", reference=True,
-           batch=BATCH, value_bytes=VALUE_SIZE)
-
-
-@replayed(G_GET)
-def test_get_ringkit(benchmark: Any, latency_figures: dict[str, Any]) -> None:
-    record(benchmark, latency_figures[RK_GET], label=RK_GET, n_keys=1, per="call", batch=BATCH,
-           value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_GET)
+def test_get_ringkit(measure: Any, benchmark: Any, latency: Latency) -> None:
+    cycle, get = itertools.cycle(range(UPDATE_POOL)), latency.read_store.get
+    got = run_redis_row(measure, benchmark, lambda: get(f"read:{next(cycle)}"), label=RK_GET,
+                        n_keys=1, per="call", pedantic=LATENCY)
+    assert got == VALUE
 
 
 # --------------------------------------------------------------------------------------------------
 # put_many / get_many of 10,000 keys
 
 
+@dataclass
+class Bulk:
+    """The clients of the bulk rows and the 10,000 keys, written and checked beforehand."""
+    plain: Any
+    fresh_store: Any
+    update_store: Any
+    keys: list[str]
+    items: dict[str, bytes]
+
+
 @pytest.fixture(scope="module")
-def bulk_figures(redis_ports: list[int]) -> dict[str, list[float]]:
+def bulk(redis_ports: list[int]) -> Iterator[Bulk]:
     nodes, plain_port = redis_ports[:3], redis_ports[3]
     plain = _client(plain_port)
     fresh_store, update_store = _redis_store(nodes), _redis_store(nodes)
@@ -422,70 +346,68 @@ def bulk_figures(redis_ports: list[int]) -> dict[str, list[float]]:
     update_store.put_many(items)  # the keys it updates and reads are its own
     check_replicated(update_store, nodes, keys, [VALUE] * N_BULK)
     plain.mset(items)
-
-    rounds = itertools.count()
-
-    def put_many_fresh() -> None:
-        r = next(rounds)
-        fresh_store.put_many({f"bulk:{r}:{i}": VALUE for i in range(N_BULK)})
-
-    def pipelined_get() -> None:
-        pipe = plain.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(k)
-        pipe.execute()
-
-    ops: dict[str, Callable[[], Any]] = {
-        MSET: lambda: plain.mset(items),
-        PUT_MANY_FRESH: put_many_fresh,
-        PUT_MANY_UPDATE: lambda: update_store.put_many(items),
-        PIPE_GET: pipelined_get,
-        MGET: lambda: plain.mget(keys),
-        GET_MANY: lambda: update_store.get_many(keys),
-    }
-    figures = interleave(ops, BULK_ROUNDS, 1, time_once)
-    assert update_store.get_many(keys) == [VALUE] * N_BULK
-    last = next(rounds) - 1
-    assert fresh_store.get_many([f"bulk:{last}:{i}" for i in range(0, N_BULK, 97)]) == \
-        [VALUE] * len(range(0, N_BULK, 97))
+    yield Bulk(plain, fresh_store, update_store, keys, items)
     plain.close()
-    return figures
 
 
-@replayed(G_PUT_MANY)
-def test_put_many_mset(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[MSET], label=MSET, n_keys=N_BULK, per="key", reference=True,
-           value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_PUT_MANY)
+def test_put_many_mset(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    run_redis_row(measure, benchmark, lambda: bulk.plain.mset(bulk.items), label=MSET,
+                  n_keys=N_BULK, per="key", reference=True, pedantic=BULK)
 
 
-@replayed(G_PUT_MANY)
-def test_put_many_fresh(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[PUT_MANY_FRESH], label=PUT_MANY_FRESH, n_keys=N_BULK,
-           per="key", targets=[_target("keys_per_s", ">=", 50_000)], value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_PUT_MANY)
+def test_put_many_fresh(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    calls = itertools.count()
+    last: dict[str, bytes] = {}
+
+    def fresh_items() -> tuple[tuple[dict[str, bytes]], dict[str, Any]]:
+        c = next(calls)
+        last.clear()
+        last.update((f"bulk:{c}:{i}", VALUE) for i in range(N_BULK))
+        return (last,), {}
+
+    run_redis_row(measure, benchmark, bulk.fresh_store.put_many, label=PUT_MANY_FRESH,
+                  n_keys=N_BULK, per="key", targets=[("keys_per_s", ">=", 50_000)],
+                  pedantic={**BULK, "setup": fresh_items})
+    sample = list(last)[::97]
+    assert bulk.fresh_store.get_many(sample) == [VALUE] * len(sample)
 
 
-@replayed(G_PUT_MANY)
-def test_put_many_update(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[PUT_MANY_UPDATE], label=PUT_MANY_UPDATE, n_keys=N_BULK,
-           per="key", targets=[_target("keys_per_s", ">=", 50_000)], value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_PUT_MANY)
+def test_put_many_update(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    run_redis_row(measure, benchmark, lambda: bulk.update_store.put_many(bulk.items),
+                  label=PUT_MANY_UPDATE, n_keys=N_BULK, per="key",
+                  targets=[("keys_per_s", ">=", 50_000)], pedantic=BULK)
+    assert bulk.update_store.get_many(bulk.keys) == [VALUE] * N_BULK
 
 
-@replayed(G_GET_MANY)
-def test_get_many_pipelined_get(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[PIPE_GET], label=PIPE_GET, n_keys=N_BULK, per="key",
-           reference=True, value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_GET_MANY)
+def test_get_many_pipelined_get(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    def pipelined_get() -> list[Any]:
+        pipe = bulk.plain.pipeline(transaction=False)
+        for k in bulk.keys:
+            pipe.get(k)
+        return pipe.execute()  # type: ignore[no-any-return]
+
+    got = run_redis_row(measure, benchmark, pipelined_get, label=PIPE_GET, n_keys=N_BULK,
+                        per="key", reference=True, pedantic=BULK)
+    assert got == [VALUE] * N_BULK
 
 
-@replayed(G_GET_MANY)
-def test_get_many_mget(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[MGET], label=MGET, n_keys=N_BULK, per="key", reference=True,
-           value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_GET_MANY)
+def test_get_many_mget(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    got = run_redis_row(measure, benchmark, lambda: bulk.plain.mget(bulk.keys), label=MGET,
+                        n_keys=N_BULK, per="key", reference=True, pedantic=BULK)
+    assert got == [VALUE] * N_BULK
 
 
-@replayed(G_GET_MANY)
-def test_get_many_ringkit(benchmark: Any, bulk_figures: dict[str, list[float]]) -> None:
-    record(benchmark, bulk_figures[GET_MANY], label=GET_MANY, n_keys=N_BULK, per="key",
-           targets=[_target("keys_per_s", ">=", 50_000)], value_bytes=VALUE_SIZE)
+@pytest.mark.benchmark(group=G_GET_MANY)
+def test_get_many_ringkit(measure: Any, benchmark: Any, bulk: Bulk) -> None:
+    got = run_redis_row(measure, benchmark, lambda: bulk.update_store.get_many(bulk.keys),
+                        label=GET_MANY, n_keys=N_BULK, per="key",
+                        targets=[("keys_per_s", ">=", 50_000)], pedantic=BULK)
+    assert got == [VALUE] * N_BULK
 
 
 # --------------------------------------------------------------------------------------------------

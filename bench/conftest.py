@@ -3,24 +3,28 @@
 The repository's pytest configuration (pyproject.toml) collects only ``tests/``; this conftest makes
 ``python -m pytest bench`` collect ``bench_*.py`` as well, so the suite runs with the project's own
 pytest options and nothing else to remember. Each benchmark records, in ``benchmark.extra_info``,
-what ``bench/report.py`` needs to build its table: a display label, the work done (keys, bytes),
-the per-key and throughput figures of the median round, whether the row is a reference that the
-other rows of its group are compared with, and the issue's targets for the row.
+what ``bench/report.py`` needs for README's section and the targets: a display label, the work done
+(keys, bytes), the per-key and throughput figures of the median round, whether the row is a
+reference that the other rows of its group are compared with, and the issue's targets for the row.
+
+The benches that need ``redis-server`` processes get them from the ``redis_servers`` fixture, which
+starts and stops them with tests/redis_procs.py, the helper the tests use (and the slow-server
+bench its proxy from tests/netproxy.py, through the ``proxy`` fixture).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -64,21 +68,26 @@ def _redis_server_version() -> str | None:
     return found.group(1) if found else None
 
 
-def pytest_benchmark_update_machine_info(
-    config: pytest.Config, machine_info: dict[str, Any]
-) -> None:
-    versions = {}
-    for name in PACKAGES:
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """The installed version of each distribution (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def pytest_benchmark_update_machine_info(
+    config: pytest.Config, machine_info: dict[str, Any]
+) -> None:
     machine_info["ringkit_bench"] = {
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "packages": versions,
+        "packages": package_versions(PACKAGES),
         "redis_server": _redis_server_version(),
     }
 
@@ -158,6 +167,14 @@ def measure(benchmark: Any) -> Measure:
 
     n_keys is the number of items one call processes (keys, or builds, or operations: `per` names
     the item for the report, "key" by default; the figures keep their *_per_key names).
+
+    By default pytest-benchmark calibrates (``benchmark(fn, ...)``). With ``pedantic={"rounds":
+    25, "iterations": 200, "warmup_rounds": 1}`` (and any other argument of
+    ``benchmark.pedantic``: setup, teardown) it runs that many rounds of that many calls instead:
+    for calls to servers, where a row should do a set amount of work (calibrating would time one
+    noisy round trip to choose it) and may need untimed work around each round. Either way the
+    figures are pytest-benchmark's own statistics, per call (a round's time over its
+    iterations). ``versions=("redis", ...)`` also records those packages' versions in the row.
     """
 
     def run(
@@ -169,6 +186,8 @@ def measure(benchmark: Any) -> Measure:
         reference: bool = False,
         targets: Iterable[Sequence[Any]] = (),
         per: str = "key",
+        pedantic: Mapping[str, Any] | None = None,
+        versions: Iterable[str] = (),
         **kwargs: Any,
     ) -> Any:
         if args and hasattr(args[0], "__len__") and len(args[0]) != n_keys:
@@ -176,7 +195,12 @@ def measure(benchmark: Any) -> Measure:
         info = benchmark.extra_info
         info.update(label=label, n_keys=n_keys, n_bytes=n_bytes, reference=reference,
                     targets=[_target(t) for t in targets], per=per)
-        result = benchmark(fn, *args, **kwargs)
+        if versions:
+            info["versions"] = package_versions(versions)
+        if pedantic is None:
+            result = benchmark(fn, *args, **kwargs)
+        else:
+            result = benchmark.pedantic(fn, args=args, kwargs=kwargs, **pedantic)
         stats = getattr(benchmark, "stats", None)
         if stats is not None:  # absent under --benchmark-disable
             median = stats.stats.median
@@ -191,64 +215,51 @@ def measure(benchmark: Any) -> Measure:
 
 
 # --------------------------------------------------------------------------------------------------
-# redis-server processes for the lock and replication benches
+# redis-server processes and the loopback proxy: tests/redis_procs.py and tests/netproxy.py, the
+# helpers the tests use. tests/ is not a package, so they are loaded by path, as tests/conftest.py
+# loads them, and registered under the same module names: a session that collects both folders
+# loads each once.
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def load_test_helper(name: str) -> ModuleType:
+    """tests/<name>.py, loaded by path once and registered as module `name`."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent.parent / "tests" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def _start_server(workdir: str) -> subprocess.Popen[bytes]:
-    import redis
-
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proc.port = port  # type: ignore[attr-defined]
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    return proc
-            except redis.RedisError:
-                time.sleep(0.02)
-        client.close()
-        if proc.poll() is None:  # port taken meanwhile, or too slow: try another port
-            os.kill(proc.pid, 9)
-        proc.wait()
-    raise RuntimeError("could not start redis-server on a free loopback port")
+redis_procs = load_test_helper("redis_procs")
 
 
 @pytest.fixture(scope="session")
-def start_redis_servers(request: pytest.FixtureRequest) -> Callable[[int], list[tuple[int, int]]]:
-    """start(n): n redis-server processes on free loopback ports, as (pid, port) pairs; every
-    one is killed by pid when the session ends."""
+def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], list[Any]]]:
+    """start(n): n empty redis-server processes on free loopback ports, as redis_procs.RedisProc
+    handles (``.port``, ``.url``, ``.pid``, ``.pause()``, ``.resume()``, ...); every one is
+    stopped (by pid) when the session ends."""
     pytest.importorskip("redis")
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    workdir = tempfile.mkdtemp(prefix="ringkit-bench-redis-")
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[Any] = []
 
-    def stop() -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, 9)
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    def start(n: int) -> list[Any]:
+        servers = redis_procs.start_servers(n, tmp_path_factory.mktemp("redis"))
+        started.extend(servers)
+        return servers
 
-    request.addfinalizer(stop)
+    yield start
+    redis_procs.stop_all(started)
 
-    def start(n: int) -> list[tuple[int, int]]:
-        started = [_start_server(workdir) for _ in range(n)]
-        procs.extend(started)
-        return [(proc.pid, proc.port) for proc in started]  # type: ignore[attr-defined]
 
-    return start
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[Any]:
+    """A netproxy.Proxy (one proxy process, any number of links), closed at the end of the
+    module."""
+    netproxy = load_test_helper("netproxy")
+    with netproxy.Proxy() as p:
+        yield p

@@ -1,28 +1,29 @@
-"""Turn a pytest-benchmark JSON file into markdown tables, PNG plots and README's benchmark section.
+"""Targets, README's benchmark section and two plots: what pytest-benchmark cannot do itself.
 
-    python bench/report.py bench/results/latest.json                 # prints and writes report.md
-    python bench/report.py bench/results/latest.json --plot DIR      # also the two PNG plots in DIR
+    python bench/report.py bench/results/latest.json                 # prints the targets
+    python bench/report.py bench/results/latest.json --plot [DIR]    # ... and the two PNG plots
     python bench/report.py bench/results/latest.json --readme README.md
 
-The full report (printed, and written to report.md beside the JSON) has one table per benchmark
-group, then the ring's keys/s against batch size and load spread against vnodes as tables, then
-whether each target was met. `--plot DIR` draws keys/s against batch size (log-log, one line per
-library) and load spread (max/mean) against vnodes (`--plot` alone: beside the report; `--bars`
-adds one bar chart per group). `--readme README.md` writes the compact section a user reads (the
-machine, Python and package versions, one table per capability, the two tables and plots of the
-ring, the targets summary) between README's `<!-- bench:start -->` and `<!-- bench:end -->`
-markers, draws the two plots into bench/plots/ beside it and keeps the JSON, without the raw
-round timings, as bench/results/readme.json, from which tests/test_bench_report.py re-renders the
-section and checks that README.md still holds exactly it. To re-render after changing this file:
+pytest-benchmark prints every group's table at the end of a run, and again from a saved run with
+``pytest-benchmark compare RUN.json --group-by=group`` (``--histogram`` draws each group); this
+script adds only what needs the rows' extra_info. It prints whether each target was met (the
+issues' goals, stored with each row: nothing in the suite asserts on time). `--plot DIR` draws
+keys/s against batch size (log-log, one line per library) and load spread (max/mean) against
+vnodes (`--plot` alone: beside the JSON). `--readme README.md` writes the compact section a user
+reads (the machine, Python and package versions, one table per capability, the two tables and
+plots of the ring, the targets summary) between README's `<!-- bench:start -->` and
+`<!-- bench:end -->` markers, draws the two plots into bench/plots/ beside it and keeps the JSON,
+without the raw round timings, as bench/results/readme.json, from which
+tests/test_bench_report.py re-renders the section and checks that README.md still holds exactly
+it. To re-render after changing this file:
 `python bench/report.py bench/results/readme.json --readme README.md`.
 
 The report knows nothing about hashing or rings: it reads what bench/conftest.py's `measure`
 fixture stores in each benchmark's extra_info (label, n_keys, n_bytes, per, reference, targets),
-group by group, so a new bench file gets its tables by using `measure` and a benchmark group.
-Rows that also record `series` and `batch_size` (bench_scaling.py) make the keys/s-against-batch
-table and plot; rows that record `load_spread` are not timings (they are left out of the tables of
-times) and make the load-spread table and plot. Benchmarks without extra_info get a row (median
-only).
+group by group, so a new bench file is in README's section by using `measure` and a benchmark
+group. Rows that also record `series` and `batch_size` (bench_scaling.py) make the
+keys/s-against-batch table and plot; rows that record `load_spread` are not timings and make the
+load-spread table and plot. Benchmarks without extra_info are read with their median only.
 
 In each group, every row is compared with each reference row (the alternatives a user would pick):
 "vs X" is X's median over the row's median, so above 1 means the row is faster than X.
@@ -68,8 +69,6 @@ class Row:
     group: str
     label: str
     median: float  # seconds per call
-    minimum: float
-    rounds: int
     n_keys: int | None = None
     n_bytes: int | None = None
     reference: bool = False
@@ -177,8 +176,6 @@ def parse(data: dict[str, Any]) -> Results:
             group=name,
             label=info.get("label") or bench.get("name", "?"),
             median=float(stats["median"]),
-            minimum=float(stats.get("min", stats["median"])),
-            rounds=int(stats.get("rounds", 0)),
             n_keys=info.get("n_keys"),
             n_bytes=info.get("n_bytes"),
             reference=bool(info.get("reference", False)),
@@ -291,19 +288,6 @@ def target_checks(groups: Sequence[Group]) -> list[TargetCheck]:
     return checks
 
 
-def table(group: Group) -> list[str]:
-    refs = group.references
-    head = ["operation", "median", "min", "per key", "throughput",
-            *(f"vs {r.label}" for r in refs)]
-    lines = [md_row(head), md_rule(1, len(head) - 1)]
-    for row in group.rows:
-        cells = [row.label, fmt_time(row.median), fmt_time(row.minimum), fmt_per_item(row),
-                 fmt_throughput(row)]
-        cells += ["—" if ref is row else fmt_ratio(ref.median / row.median) for ref in refs]
-        lines.append(md_row(cells))
-    return lines
-
-
 # The ring's two figures across sizes: keys/s against batch size, load spread against vnodes.
 
 
@@ -363,7 +347,7 @@ def spread_table(spreads: Sequence[Spread]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The full report
+# The run's machine, and the targets
 
 
 def machine_lines(data: dict[str, Any]) -> list[str]:
@@ -392,11 +376,6 @@ def machine_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-READING = ("Per call: the median (and the fastest) of each benchmark's rounds; per key, "
-           "throughput and \"vs X\" (X's median over the row's median: above 1, the row is "
-           "faster than X) come from the median. GB = 10^9 bytes.")
-
-
 def targets_table(checks: Sequence[TargetCheck]) -> list[str]:
     lines = [md_row(["group", "operation", "target", "measured", "met"]), md_rule(3, 1) + "---|"]
     for c in checks:
@@ -405,19 +384,13 @@ def targets_table(checks: Sequence[TargetCheck]) -> list[str]:
     return lines
 
 
-def render(results: Results) -> str:
-    out = ["# ringkit benchmarks", "", *machine_lines(results.data), "", READING, ""]
-    for group in results.groups:
-        out += [f"## {group.name}", "", *table(group), ""]
-    if scaling_rows(results.groups):
-        out += ["## ring lookup: keys/s against batch size", "", *scaling_table(results.groups),
-                ""]
-    if results.spreads:
-        out += [f"## {results.spreads[0].group}", "", *spread_table(results.spreads), ""]
+def render_targets(results: Results) -> str:
+    """Whether each target was met, every target of the run (what the script prints)."""
     checks = target_checks(results.groups)
-    if checks:
-        out += ["## Targets", "", *targets_table(checks), ""]
-    return "\n".join(out)
+    if not checks:
+        return "No targets in this run."
+    met = sum(c.met is True for c in checks)
+    return "\n".join([f"{met} of {len(checks)} targets met.", "", *targets_table(checks)])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,7 +432,8 @@ def render_readme(results: Results) -> str:
            "Written by `bench/report.py --readme` from the run saved in "
            "`bench/results/readme.json` (tests check that this section is exactly what it "
            "renders); `python3 -m nox -s bench` reruns the suite (see `bench/README.md`). "
-           "`python bench/report.py bench/results/readme.json` prints every row of every group.",
+           "`pytest-benchmark compare bench/results/readme.json --group-by=group` prints every "
+           "row of every group.",
            "", *machine_lines(results.data), "",
            "One line per benchmark group: ringkit's main row (the one the issue set targets "
            "for). Per call: the median of the benchmark's rounds (a Python loop of one call per "
@@ -525,10 +499,6 @@ def write_readme(readme: Path, section: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Plots (matplotlib is optional: the `plot` and `bench` extras bring it)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "group"
 
 
 def _pyplot() -> Any:
@@ -615,42 +585,15 @@ def plot_main(results: Results, outdir: Path) -> list[Path]:
     return [p for p in written if p is not None]
 
 
-def plot_groups(groups: Iterable[Group], outdir: Path) -> list[Path]:
-    """One horizontal bar chart per group (per-key time where known, else median), log scale."""
-    plt = _pyplot()
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for group in groups:
-        per_key = all(row.ns_per_key is not None for row in group.rows)
-        values = [row.ns_per_key if per_key else row.median * 1e9 for row in group.rows]
-        labels = [row.label for row in group.rows]
-        fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.2))
-        colors = ["#999999" if row.reference else "#1f77b4" for row in group.rows]
-        ax.barh(labels[::-1], values[::-1], color=colors[::-1])
-        ax.set_xscale("log")
-        ax.set_xlabel("ns per key (median)" if per_key else "ns per call (median)")
-        ax.set_title(group.name, fontsize=10)
-        fig.tight_layout()
-        path = outdir / f"{slug(group.name)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 # --------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
-    parser.add_argument("-o", "--output", type=Path,
-                        help="markdown file to write (default: report.md beside the JSON)")
     parser.add_argument("--plot", nargs="?", type=Path, const=True, default=None, metavar="DIR",
                         help="draw keys/s against batch size and load spread against vnodes "
-                             "into DIR (default: beside the report)")
-    parser.add_argument("--bars", action="store_true",
-                        help="with --plot, also one bar chart per group")
+                             "into DIR (default: beside the JSON)")
     parser.add_argument("--readme", type=Path, metavar="README.md",
                         help="write the benchmark section between README's markers, the two "
                              "plots into bench/plots/ and the JSON to bench/results/readme.json "
@@ -669,24 +612,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.readme is not None and not args.readme.is_file():
         print(f"{args.readme}: no such file", file=sys.stderr)
         return 1
-    text = render(results)
-    output = args.output or args.json.with_name("report.md")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    print(text)
-    print(f"(written to {output})", file=sys.stderr)
+    print(render_targets(results))
+    print(f"(every row of every group: pytest-benchmark compare {args.json} --group-by=group)",
+          file=sys.stderr)
 
     plot_dirs = []
     if args.plot is not None:
-        plot_dirs.append(output.parent if args.plot is True else args.plot)
+        plot_dirs.append(args.json.parent if args.plot is True else args.plot)
     if args.readme is not None:
         plot_dirs.append(args.readme.parent / README_PLOTS)
     try:
         for outdir in dict.fromkeys(plot_dirs):
-            paths = plot_main(results, outdir)
-            if args.bars:
-                paths += plot_groups(results.groups, outdir)
-            for path in paths:
+            for path in plot_main(results, outdir):
                 print(f"(plot: {path})", file=sys.stderr)
     except ImportError:
         print("plots need matplotlib (pip install 'ringkit[plot]')", file=sys.stderr)

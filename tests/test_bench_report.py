@@ -140,32 +140,26 @@ def small_run() -> dict[str, Any]:
             "datetime": "2026-01-01T00:00:00", "benchmarks": benches}
 
 
-def test_full_report_tables_and_targets(report: ModuleType) -> None:
+def test_targets(report: ModuleType) -> None:
     results = report.parse(small_run())
     # Capability by capability (hashing, ring, ..., locks), each in the order the suite ran.
     assert [g.name for g in results.groups] == [
         "hash: 1,000 keys", "batch 1", "batch 10", "batch 100", "lock"]
     assert [s.series for s in results.spreads] == ["ringkit HashRing"]  # not a timing row
-    text = report.render(results)
-    assert "| ringkit hash | 10 µs | 9 µs | 10 ns | 100 M keys/s | 10x |" in text
-    assert "| loop | 100 µs | 90 µs | 100 ns | 10 M keys/s | — |" in text
-    # Targets: met, missed, and in the row's own unit ("ops/s" for per="op").
-    assert "| ≤ 20 ns/key | 10 ns/key | yes |" in text
+    text = report.render_targets(results)
+    assert text.startswith("2 of 3 targets met.\n")
+    # Met, missed, and in the row's own unit ("ops/s" for per="op").
+    assert "| hash: 1,000 keys | ringkit hash | ≤ 20 ns/key | 10 ns/key | yes |" in text
     assert "| ≥ 20x vs loop | 10x | **no** |" in text
-    assert "| ≥ 1000 ops/s | 5000 ops/s | yes |" in text
+    assert "| lock | ringkit Lock | ≥ 1000 ops/s | 5000 ops/s | yes |" in text
     big = report.check_target(results.groups[0], results.groups[0].rows[0],
                               {"metric": "keys_per_s", "op": ">=", "value": 4e7, "vs": None})
     assert (big.wanted, big.measured, big.met) == ("≥ 40,000,000 keys/s", "100,000,000 keys/s",
                                                    True)
-    # keys/s against batch size: one line per library, "—" where a size was not measured.
-    assert "| keys/s at batch size | 1 | 10 | 100 |" in text
-    assert "| ringkit get_many | 9.09 M | 50 M | 90.9 M |" in text
-    assert "| peer loop | 909 k | 990 k | — |" in text
-    assert "peer loop: stops at 10 keys." in text
-    assert "| ringkit HashRing | 1.500 | 1.250 |" in text
-    assert "- packages: ringkit 0.1.0\n" in text
-    assert "- redis-server: 7.0.15" in text
-    assert "- commit: 0123456789ab (dirty tree)" in text
+    missing = report.check_target(results.groups[0], results.groups[0].rows[0],
+                                  {"metric": "speedup", "op": ">=", "value": 2, "vs": "absent"})
+    assert (missing.measured, missing.met) == ("—", None)
+    assert report.render_targets(report.parse({"benchmarks": []})) == "No targets in this run."
 
 
 def test_readme_rendering_is_compact(report: ModuleType) -> None:
@@ -176,12 +170,20 @@ def test_readme_rendering_is_compact(report: ModuleType) -> None:
     assert ("| hash: 1,000 keys | ringkit hash | 10 µs | 10 ns | 100 M keys/s | 10x loop |"
             in section)
     assert "| batch 1 |" not in section
+    # keys/s against batch size: one line per library, "—" where a size was not measured.
+    assert "| keys/s at batch size | 1 | 10 | 100 |" in section
     assert "| ringkit get_many | 9.09 M | 50 M | 90.9 M |" in section
+    assert "| peer loop | 909 k | 990 k | — |" in section
+    assert "peer loop: stops at 10 keys." in section
+    assert "| ringkit HashRing | 1.500 | 1.250 |" in section
     assert "![keys/s against batch size](bench/plots/ring-scaling.png)" in section
     assert "![load spread against vnodes](bench/plots/ring-load-spread.png)" in section
     assert "2 of 3 targets met" in section
     assert "| ≥ 20x vs loop | 10x | **no** |" in section
     assert "| ≤ 20 ns/key | 10 ns/key | yes |" not in section  # only what was missed
+    assert "- packages: ringkit 0.1.0\n" in section
+    assert "- redis-server: 7.0.15" in section
+    assert "- commit: 0123456789ab (dirty tree)" in section
 
 
 def test_write_readme_replaces_only_the_section(report: ModuleType, tmp_path: Path) -> None:
@@ -198,12 +200,14 @@ def test_write_readme_replaces_only_the_section(report: ModuleType, tmp_path: Pa
     assert report.readme_section(text) == "## Benchmarks\n\ntwo\n"
 
 
-def test_main_writes_the_report(report: ModuleType, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_the_targets(report: ModuleType, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run.json"
     run.write_text(json.dumps(small_run()), encoding="utf-8")
     assert report.main([str(run)]) == 0
-    assert (tmp_path / "report.md").read_text(encoding="utf-8") + "\n" == capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out == report.render_targets(report.parse(small_run())) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # writes nothing
     assert report.main([str(tmp_path / "absent.json")]) == 1
     slim = json.loads(report.slim_json(run))
     assert all("data" not in b["stats"] for b in slim["benchmarks"])

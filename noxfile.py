@@ -4,11 +4,15 @@ hand elsewhere cannot hide a missing dependency, and runs the suite against the 
     python3 -m nox -s tests          # the interpreter nox runs on (what CI runs)
     python3 -m nox -s matrix         # CPython 3.10, 3.11, 3.12 and 3.13, where installed
     python3 -m nox -s bench          # the benchmark suite and its report (Python 3.13 for fastring)
+    python3 -m nox -s ubsan          # kernel tests under the UB and address sanitizers (Linux)
     RINGKIT_BENCH_README=1 python3 -m nox -s bench   # ... and README.md's benchmark section
 """
 
 import glob
 import os
+import shutil
+import subprocess
+import sys
 
 import nox
 
@@ -61,3 +65,70 @@ def bench(session: nox.Session) -> None:
     if os.environ.get("RINGKIT_BENCH_README", "") not in ("", "0"):
         report += ["--readme", "README.md"]
     session.run(*report)
+
+
+# The kernels' own tests: hashing, the ring (and ketama), the balancer, and the checked arrays.
+KERNEL_TESTS = [
+    "tests/test_hashing.py",
+    "tests/test_ring.py",
+    "tests/test_ring_threads.py",
+    "tests/test_ring_state_machine.py",
+    "tests/test_ketama.py",
+    "tests/test_balancer.py",
+    "tests/test_balancer_health.py",
+    "tests/test_balancer_threads.py",
+    "tests/test_kernel_memory.py",
+]
+
+
+@nox.session(python="3.11")
+def ubsan(session: nox.Session) -> None:
+    """The kernels built with -fsanitize=undefined,address, and their tests (Linux, gcc or clang).
+
+    Undefined behaviour (a misaligned or out-of-range access, an overflow, a bad shift) aborts the
+    run (-fno-sanitize-recover=undefined), as does any out-of-bounds or use-after-free access
+    (AddressSanitizer). Python itself is not instrumented: the ASan runtime is preloaded
+    (LD_PRELOAD, found with ``$CC -print-file-name=libasan.so``) and leak detection is off, since
+    the interpreter keeps memory to the end on purpose. The build is made from a clean copy of
+    the sources, so no object or extension compiled without the sanitizers can be reused.
+    """
+    if not sys.platform.startswith("linux"):
+        session.skip("the sanitizer build is set up for Linux")
+    cc = os.environ.get("CC", "gcc")
+    libasan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    if not os.path.isabs(libasan) or not os.path.exists(libasan):
+        session.error(f"{cc} has no AddressSanitizer runtime (libasan.so); install it "
+                      f"(Debian/Ubuntu: the gcc package brings libasan)")
+    source = os.path.join(session.create_tmp(), "ringkit-src")
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(".", source, ignore=shutil.ignore_patterns(
+        ".git", ".nox", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.c", "*.o",
+        ".hypothesis", ".mypy_cache", ".ruff_cache", "bench"))
+    session.install("--upgrade", "pip")
+    # The build dependencies, for a build without isolation (it must see RINGKIT_SANITIZE).
+    session.install("setuptools>=77", "Cython>=3.1,<4", "numpy>=2")
+    session.install("--no-build-isolation", "--no-cache-dir", "-v", f"{source}[test]",
+                    env={"RINGKIT_SANITIZE": "undefined,address", "CC": cc})
+    sanitized = {
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+    }
+    # The instrumented kernels are the ones imported (each links the sanitizer runtimes).
+    session.run("python", "-c", _CHECK_SANITIZED, env=sanitized)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-m", "not redis",
+                *(session.posargs or ["-q", *KERNEL_TESTS]), env=sanitized)
+
+
+_CHECK_SANITIZED = """
+import sys
+import ringkit._arrays, ringkit._hashing, ringkit._ring, ringkit._select
+for module in (ringkit._arrays, ringkit._hashing, ringkit._ring, ringkit._select):
+    data = open(module.__file__, "rb").read()
+    if b"__ubsan_handle" not in data or b"__asan_" not in data:
+        sys.exit(f"{module.__file__} is not built with the sanitizers")
+    print("sanitized:", module.__file__)
+"""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -61,6 +62,13 @@ def chi2_statistic(counts: np.ndarray, weights: list[float]) -> tuple[float, int
     expected = counts.sum() * w[positive] / w[positive].sum()
     observed = counts[positive]
     return float(((observed - expected) ** 2 / expected).sum()), int(positive.sum()) - 1
+
+
+def balancer_ring(weights: dict[str, float], vnodes: int = 160) -> ringkit.HashRing:
+    """The ring the "ring" strategy builds (within its point budget): the weights scaled so the
+    smallest positive one is 1."""
+    low = min(w for w in weights.values() if w > 0)
+    return ringkit.HashRing({n: w / low for n, w in weights.items() if w > 0}, vnodes=vnodes)
 
 
 def names(n: int) -> list[str]:
@@ -133,12 +141,29 @@ def test_smooth_non_integer_weights_match_the_model(weights: list[float]) -> Non
     assert [bal.pick() for _ in range(count)] == [nodes[i] for i in nginx_swrr(weights, count)]
 
 
-def test_smooth_non_integer_weights_use_three_decimals() -> None:
-    bal = Balancer({"a": 0.1, "b": 0.2, "c": 0.3})
-    nodes = ["a", "b", "c"]
-    assert [bal.pick() for _ in range(18)] == [nodes[i] for i in nginx_swrr([1, 2, 3], 18)]
-    counts = Counter(nodes[i] for i in Balancer({"a": 0.001, "b": 1.999}).pick_many(2000))
-    assert counts == {"a": 1, "b": 1999}
+def test_smooth_non_integer_weights_are_used_exactly() -> None:
+    # Not rounded to thousandths: nginx's algorithm on the floats themselves.
+    for weights in ([0.1, 0.2, 0.3], [0.001, 1.999], [1 / 3, 2 / 3, 1.0], [0.7, 1e-4, 2.2]):
+        nodes = names(len(weights))
+        count = 3000
+        bal = Balancer(dict(zip(nodes, weights, strict=True)))
+        assert bal._select_config.int_weights_array is None   # the float path
+        expected = [nodes[i] for i in nginx_swrr(weights, count)]
+        assert [bal.pick() for _ in range(count)] == expected
+        fresh = Balancer(dict(zip(nodes, weights, strict=True)))
+        assert [nodes[i] for i in fresh.pick_many(count)] == expected
+    counts = Counter(Balancer({"a": 0.001, "b": 1.999}).pick_many(20_000).tolist())
+    assert counts == {0: 10, 1: 19_990}
+
+
+def test_smooth_binary_fractions_take_the_integer_path() -> None:
+    # 0.25, 0.5, 2.75 are 1, 2, 11 quarters: the integer algorithm, laid out, is the float one.
+    weights = [0.25, 0.5, 2.75]
+    bal = Balancer(dict(zip("abc", weights, strict=True)))
+    config = bal._select_config
+    assert config.int_weights_array.tolist() == [1, 2, 11]
+    assert config.sequence_array is not None
+    assert [bal.pick() for _ in range(70)] == ["abc"[i] for i in nginx_swrr(weights, 70)]
 
 
 def test_smooth_beyond_the_laid_out_table_matches_the_model() -> None:
@@ -503,11 +528,11 @@ RING_WEIGHTS = {"a": 3, "b": 5, "c": 7, "d": 11}
 
 def test_ring_same_key_same_node_while_under_capacity() -> None:
     bal = Balancer(RING_WEIGHTS, strategy="ring")
-    ring = ringkit.HashRing(RING_WEIGHTS, vnodes=160)
+    ring = balancer_ring(RING_WEIGHTS)
     for key in KEYS:
         assert bal.pick(key=key) == bal.pick(key=key) == ring.get(key)
     small = Balancer(RING_WEIGHTS, strategy="ring", vnodes=8)
-    small_ring = ringkit.HashRing(RING_WEIGHTS, vnodes=8)
+    small_ring = balancer_ring(RING_WEIGHTS, vnodes=8)
     assert [small.pick(key=k) for k in KEYS] == [small_ring.get(k) for k in KEYS]
     # Leases on other keys that leave the key's node room do not move it.
     owner = ring.get("steady")
@@ -585,7 +610,7 @@ def test_ring_needs_a_key() -> None:
 
 def test_ring_huge_load_factor_is_plain_affinity() -> None:
     bal = Balancer(RING_WEIGHTS, strategy="ring", load_factor=1e300)
-    owner = ringkit.HashRing(RING_WEIGHTS, vnodes=160).get("hot")
+    owner = balancer_ring(RING_WEIGHTS).get("hot")
     leases = [bal.lease("hot") for _ in range(50)]
     assert {lease.__enter__() for lease in leases} == {owner}
     assert [bal.nodes[i] for i in bal.pick_many(["hot"] * 3)] == [owner] * 3
@@ -595,7 +620,7 @@ def test_ring_huge_load_factor_is_plain_affinity() -> None:
 
 def test_ring_keys_of_a_node_taken_out_go_clockwise_and_come_back() -> None:
     bal = Balancer(RING_WEIGHTS, strategy="ring")
-    ring = ringkit.HashRing(RING_WEIGHTS, vnodes=160)
+    ring = balancer_ring(RING_WEIGHTS)
     before = [bal.pick(key=k) for k in KEYS]
     bal.mark_down("c")
     for key, node in zip(KEYS, before, strict=True):
@@ -607,7 +632,7 @@ def test_ring_keys_of_a_node_taken_out_go_clockwise_and_come_back() -> None:
 
 def test_ring_exclude_goes_to_the_next_node_clockwise() -> None:
     bal = Balancer(RING_WEIGHTS, strategy="ring")
-    ring = ringkit.HashRing(RING_WEIGHTS, vnodes=160)
+    ring = balancer_ring(RING_WEIGHTS)
     for key in KEYS[:50]:
         order = ring.preference_list(key, 4)
         assert bal.pick(key=key, exclude=order[:1]) == order[1]
@@ -709,7 +734,7 @@ def test_zero_weight_nodes_are_never_picked(strategy: str) -> None:
 @pytest.mark.parametrize("nodes, error, match", [
     ([], ValueError, "nodes"),
     ({}, ValueError, "nodes"),
-    ({"a": 0, "b": 0}, ValueError, "zero"),
+    ({"a": 0, "b": 0}, ValueError, "positive weight"),
     ({"a": -1}, ValueError, "nodes"),
     ({"a": 1, "b": float("nan")}, ValueError, "nodes"),
     ({"a": 1, "b": float("inf")}, ValueError, "nodes"),
@@ -817,3 +842,176 @@ def test_changes_that_would_leave_nothing_to_pick() -> None:
         bal.remove("a")
     assert bal.weights == {"a": 1.0}
     assert bal.pick() == "a"
+
+
+# --------------------------------------------------------------------------------------------------
+# One weight model: every strategy gives a node its weight's share, whatever the scale
+
+
+TINY = [{"a": 1.0, "b": 1e-4}, {"a": 1.0, "b": 1e-300}, {"a": 3.0, "b": 1e-4, "c": 2.0}]
+
+
+@pytest.mark.parametrize("weights", TINY, ids=["1e-4", "1e-300", "three"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_tiny_weights_get_their_share_in_every_strategy(strategy: str,
+                                                        weights: dict[str, float]) -> None:
+    n = 1_000_000
+    bal = Balancer(weights, strategy=strategy, seed=12)
+    batch = np.arange(n, dtype=np.uint64) if strategy == "ring" else n
+    counts = np.bincount(bal.pick_many(batch), minlength=len(weights))  # type: ignore[arg-type]
+    total = sum(weights.values())
+    expected = {name: n * w / total for name, w in weights.items()}
+    if strategy == "smooth":
+        # Exact counting: smooth round robin keeps every node within a pick or two of its share.
+        for i, name in enumerate(bal.nodes):
+            assert abs(counts[i] - expected[name]) <= 2, (name, counts[i], expected[name])
+    else:
+        statistic, df = chi2_statistic(counts, list(weights.values()))
+        assert statistic < chi2_critical(df)
+    if weights["b"] < 1e-100:
+        assert counts[bal.nodes.index("b")] == 0
+    # The scalar picks agree with the batch.
+    twin = Balancer(weights, strategy=strategy, seed=12)
+    keys = [int(k) for k in range(2000)]
+    scalar = [twin.pick(key=k) for k in keys]
+    assert scalar == [bal.nodes[i] for i in Balancer(weights, strategy=strategy, seed=12)
+                      .pick_many(keys if strategy == "ring" else 2000)]
+
+
+def test_smooth_float_path_holds_every_share_over_any_run() -> None:
+    rng = random.Random(7)
+    weights = {f"n{i}": rng.uniform(0.01, 5) for i in range(12)} | {"tiny": 1e-3}
+    bal = Balancer(weights)
+    assert bal._select_config.int_weights_array is None
+    picks = [bal.nodes[i] for i in bal.pick_many(200_000)]
+    total = sum(weights.values())
+    hits = {name: 0 for name in weights}
+    for count, name in enumerate(picks, 1):
+        hits[name] += 1
+        if count % 997 == 0:
+            for node, w in weights.items():
+                assert abs(hits[node] - count * w / total) < 2.0, (node, count)
+    # Deterministic: the same weights give the same sequence, pick by pick or in a batch.
+    again = Balancer(weights)
+    assert [again.pick() for _ in range(5000)] == picks[:5000]
+
+
+def test_smooth_integer_weights_are_exactly_nginx() -> None:
+    # The integer fast path, laid out or not, whatever the scale of the integers.
+    for weights in ([5, 1, 1], [2**62, 2**62], [10**15, 3 * 10**15, 7]):
+        nodes = names(len(weights))
+        bal = Balancer(dict(zip(nodes, weights, strict=True)))
+        # Integers beyond 2**40 (once divided by their gcd) run in floating point, where
+        # integers below 2**53 add exactly: still nginx's sequence.
+        assert (bal._select_config.int_weights_array is None) == (max(weights) == 3 * 10**15)
+        expected = [nodes[i] for i in nginx_swrr([float(w) for w in weights], 500)]
+        assert [bal.pick() for _ in range(500)] == expected
+
+
+def test_least_request_tiny_weight_holds_at_most_one_lease() -> None:
+    for weights in ({"a": 1.0, "b": 1e-4}, {"a": 1.0, "b": 1e-300}):
+        bal = Balancer(weights, strategy="least_request", seed=3)
+        leases = [bal.lease() for _ in range(1000)]
+        for lease in leases:
+            lease.__enter__()
+        assert bal.in_flight["b"] <= 1
+        for lease in leases:
+            lease.__exit__(None, None, None)
+
+
+def test_ring_strategy_weights_are_scale_free_and_small() -> None:
+    keys = [f"k{i}" for i in range(2000)]
+    one = Balancer({"a": 3, "b": 5, "c": 7}, strategy="ring")
+    ten = Balancer({"a": 30, "b": 50, "c": 70}, strategy="ring")
+    tiny = Balancer({"a": 3e-9, "b": 5e-9, "c": 7e-9}, strategy="ring")
+    picks = one.pick_many(keys).tolist()
+    assert picks == ten.pick_many(keys).tolist() == tiny.pick_many(keys).tolist()
+    oracle = balancer_ring({"a": 3, "b": 5, "c": 7})
+    assert [one.nodes[i] for i in picks][:100] == [oracle.get(k) for k in keys[:100]]
+    # Weights a million apart build a ring of at most RING_POINTS points (quickly), and the
+    # HashRing placement itself is untouched.
+    import ringkit.balancer as balancer_module
+    tracemalloc.start()
+    try:
+        skewed = Balancer({"a": 1e6, "b": 1}, strategy="ring")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20
+    assert len(skewed._ring.points) <= balancer_module.RING_POINTS + 2
+    shares = np.bincount(skewed.pick_many(np.arange(200_000)), minlength=2)
+    assert shares[1] < 20
+    assert len(ringkit.HashRing({"a": 3, "b": 5}).points) == 1280
+
+
+def test_ring_strategy_node_left_off_the_ring_still_serves_when_the_rest_are_out() -> None:
+    bal = Balancer({"a": 1, "b": 1e-300}, strategy="ring", when_all_down="raise")
+    assert bal._ring.nodes == ("a",)
+    assert set(bal.pick_many(KEYS).tolist()) == {0}
+    bal.mark_down("a")
+    assert {bal.pick(key=k) for k in KEYS} == {"b"}
+    assert set(bal.pick_many(KEYS).tolist()) == {1}
+    bal.mark_up("a")
+    assert bal.pick(key="x") == "a"
+
+
+def test_ring_strategy_refuses_more_points_than_a_ring_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ringkit.validation import MAX_POINTS
+
+    with pytest.raises(ValueError, match="vnodes"):
+        Balancer(names(20), strategy="ring", vnodes=MAX_POINTS // 16)
+    # The same check on add and set_weight, before anything changes (a small cap, for speed).
+    monkeypatch.setattr("ringkit.balancer.MAX_POINTS", 1500)
+    bal = Balancer({**dict.fromkeys(names(8), 1.0), "zero": 0.0}, strategy="ring")
+    bal.add("ninth", 1)
+    with pytest.raises(ValueError, match="vnodes"):
+        bal.add("tenth", 1)
+    with pytest.raises(ValueError, match="vnodes"):
+        bal.set_weight("zero", 1)
+    assert "tenth" not in bal and bal.weights["zero"] == 0 and len(bal._ring) == 9
+
+
+def test_names_and_weights_are_checked_like_the_ring_does() -> None:
+    for bad in ("\ud800", "x\udfff"):
+        with pytest.raises(ValueError, match="nodes.*UTF-8"):
+            Balancer([bad])
+        with pytest.raises(ValueError, match="node.*UTF-8"):
+            Balancer(["a"]).add(bad)
+    with pytest.raises(ValueError, match=r"nodes\['a'\]") as info:
+        Balancer({"a": 10**400})
+    assert len(str(info.value)) < 200
+    assert Balancer({"a": 1e308, "b": 1e308}).pick() in ("a", "b")
+    assert Balancer({"a": 1e308, "b": 1e308}, strategy="random").pick() in ("a", "b")
+
+
+def test_every_public_method_has_its_own_docstring() -> None:
+    import inspect
+
+    for cls in (Balancer, ringkit.HashRing, ringkit.RingSnapshot):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") and name not in ("__getitem__", "__len__", "__contains__",
+                                                     "__iter__", "__enter__", "__exit__"):
+                continue
+            if not callable(member) and not isinstance(member, property):
+                continue
+            doc = inspect.getdoc(member) or ""
+            assert doc and "see ringkit.Balancer" not in doc.lower(), (cls.__name__, name)
+    assert "exclude" in (Balancer.pick.__doc__ or "")
+    assert "key" in inspect.signature(Balancer.pick).parameters
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_weights_at_the_ends_of_the_double_range(strategy: str) -> None:
+    # Weights are scale-free: 1e308 works as 1 does (no sum overflows), and a node whose weight
+    # is too small beside the others to count still takes picks when it is all that is left.
+    bal = Balancer({"a": 1e308, "b": 1e308, "c": 1e-300}, strategy=strategy, seed=4)
+    batch = KEYS if strategy == "ring" else 3000
+    counts = np.bincount(bal.pick_many(batch), minlength=3)  # type: ignore[arg-type]
+    assert counts[2] == 0 and abs(int(counts[0]) - int(counts[1])) < 0.2 * counts.sum()
+    assert bal.pick(key="k", exclude=["a", "b"]) == "c"
+    bal.mark_down("a")
+    bal.mark_down("b")
+    assert {bal.pick(key=k) for k in KEYS[:20]} == {"c"}
+    assert bal.health()["a"].effective_weight == 0.0
+    assert bal.health()["c"].effective_weight == 1e-300

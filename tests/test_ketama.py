@@ -289,3 +289,31 @@ def test_digest_count_difference_with_uhashring_is_the_documented_one():
     for key in differ:
         j = bisect.bisect_right(points, libketama_hash(key))
         assert points[j % len(points)] in extra or _explained(ours, continuum, key)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights without a float32 share
+
+
+@pytest.mark.parametrize(("servers", "word"), [
+    ({"a": 1e39}, "more than a float32"),
+    ({"a": 3e38, "b": 3e38}, "more than a float32"),
+    ({"a": 1e300, "b": 1}, "more than a float32"),
+    ({"a": 1e-50}, "0 in float32"),
+    ({"a": 1e-50, "b": 1e-46}, "0 in float32"),
+])
+def test_weights_whose_float32_total_overflows_or_underflows_are_refused(servers, word):
+    with pytest.raises(ValueError, match=f"servers.*{word}") as info:
+        HashRing.ketama(servers)
+    assert len(str(info.value)) < 200
+    ring = HashRing.ketama(["x", "y"])
+    with pytest.raises(ValueError, match="weight.*more than a float32"):
+        ring.add("big", 1e39)
+    with pytest.raises(ValueError, match="weight.*more than a float32"):
+        ring.set_weight("x", 1e39)
+    assert ring == HashRing.ketama(["x", "y"])
+
+
+def test_a_tiny_weight_beside_normal_ones_just_gets_no_digest():
+    ring = HashRing.ketama({"a": 1, "b": 1e-50})
+    assert ring.nodes == ("a", "b") and set(ring.owners.tolist()) == {0}

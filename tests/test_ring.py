@@ -15,6 +15,7 @@ import json
 import math
 import pickle
 import random
+import re
 import tracemalloc
 
 import numpy as np
@@ -904,10 +905,11 @@ def test_bad_constructor_arguments(args, kwargs, exc, argname):
         lambda: HashRing(["a", "b"]).set_weight("a", 1e12),
     ],
 )
-def test_rings_past_2_to_the_31_points_are_refused_without_allocating(make):
+def test_rings_past_the_point_cap_are_refused_without_allocating(make):
     tracemalloc.start()
     try:
-        with pytest.raises(ValueError, match="points"):
+        # vnodes past the cap on its own is refused as vnodes; the rest as points.
+        with pytest.raises(ValueError, match="points|vnodes"):
             make()
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -965,3 +967,92 @@ def test_all_combinations_of_three_nodes_route_consistently():
             ring = HashRing(list(subset))
             for k in KEYS[:300]:
                 assert ring.get(k) == next(n for n in prefs[k] if n in subset)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation: once, through ringkit.validation, naming the argument
+
+
+@pytest.mark.parametrize("weight", [1e308, 1e300, float(2**1000), 10**400])
+def test_huge_weights_are_a_value_error_without_a_long_number(weight):
+    with pytest.raises(ValueError, match=r"nodes\['a'\]") as info:
+        HashRing({"a": weight})
+    assert len(str(info.value)) < 200
+    if isinstance(weight, float):
+        assert not re.search(r"\d{20}", str(info.value))
+
+
+def test_the_point_cap_is_checked_before_building():
+    from ringkit.validation import MAX_POINTS
+
+    assert "MAX_POINTS" in (HashRing.__doc__ or "")
+    for make in (lambda: HashRing(["a"], vnodes=10**8),
+                 lambda: HashRing({"a": MAX_POINTS / 160 + 1}),
+                 lambda: HashRing({f"n{i}": 1 for i in range(MAX_POINTS // 160 + 1)})):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match="vnodes|nodes") as info:
+                make()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert "16,777,216" in str(info.value)
+        assert peak < 64 * 2**20
+    ring = HashRing(["a"], vnodes=MAX_POINTS // 2)
+    with pytest.raises(ValueError, match="weight"):
+        ring.add("b", 1.5)
+    assert ring.nodes == ("a",)
+
+
+def test_names_are_checked_as_utf8():
+    for bad in ("\ud800", "a\udfff"):
+        with pytest.raises(ValueError, match="nodes.*UTF-8"):
+            HashRing([bad])
+        with pytest.raises(ValueError, match="name.*UTF-8"):
+            HashRing(["a"]).add(bad)
+
+
+def test_get_hash_takes_ints_only():
+    ring = HashRing(["a", "b"])
+    for bad in (1.5, 1.0, "1", None, True):
+        with pytest.raises(TypeError, match=r"\bh\b"):
+            ring.get_hash(bad)
+    for bad in (-1, 2**64, 10**100):
+        with pytest.raises(ValueError, match=r"\bh\b") as info:
+            ring.get_hash(bad)
+        assert len(str(info.value)) < 120
+    assert ring.get_hash(np.uint64(5)) == ring.get_hash(5)
+    assert ring.get_hash(2**64 - 1) in ring.nodes
+
+
+@pytest.mark.parametrize(
+    ("config", "exc", "match"),
+    [
+        ({"nodes": ["a"], "ketama": "no"}, TypeError, "ketama"),
+        ({"nodes": ["a"], "ketama": 1}, TypeError, "ketama"),
+        ({"nodes": ["a"], "ketama": None}, TypeError, "ketama"),
+        ({"nodes": ["a"], "format": "1"}, TypeError, "format"),
+        ({"nodes": ["a"], "format": True}, TypeError, "format"),
+        ({"nodes": ["a"], "vnodes": 160.0}, TypeError, "vnodes"),
+        ({"nodes": ["a"], "vnodes": "160"}, TypeError, "vnodes"),
+        ({"nodes": ["a"], "algorithm": 3}, TypeError, "algorithm"),
+        ({"nodes": ["a"], "algorithm": "sha1"}, ValueError, "algorithm"),
+        ({"nodes": ["a"], "seed": "0"}, TypeError, "seed"),
+        ({"nodes": ["a"], "seed": 1.0}, TypeError, "seed"),
+        ({"nodes": ["a"], "seed": False}, TypeError, "seed"),
+        ({"nodes": "ab"}, TypeError, "nodes"),
+        ({"nodes": 3}, TypeError, "nodes"),
+        ({"nodes": {"a": "1"}}, TypeError, "nodes"),
+        ({"nodes": {"a": 1e308}}, ValueError, "nodes"),
+        ({"nodes": ["a"], "ketama": True, "vnodes": 10}, ValueError, "vnodes"),
+    ],
+)
+def test_from_dict_checks_every_field(config, exc, match):
+    with pytest.raises(exc, match=match):
+        HashRing.from_dict(config)
+
+
+def test_from_dict_with_ketama_false_is_a_plain_ring():
+    ring = HashRing.from_dict({"nodes": ["a", "b"], "ketama": False, "vnodes": 10})
+    assert not ring.is_ketama and ring.vnodes == 10
+    assert ring == HashRing(["a", "b"], vnodes=10)

@@ -8,14 +8,16 @@ UTF-8, bytes-like as their bytes, int as 8 little-endian two's-complement bytes.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cimport cython
+
+from ringkit._arrays cimport checked_input, checked_output, overlaps, overlaps_range, refuse_masked
 
 import numpy as np
 
@@ -479,6 +481,8 @@ cdef object as_batch(object keys, str argname):
         # trusting them next to the raw item array.
         return list(keys)
     if isinstance(keys, np.ndarray):
+        if type(keys) is not np.ndarray:
+            refuse_masked(keys, argname)
         if keys.ndim != 1:
             raise ValueError(f"{argname} must be 1-dimensional, got an array of shape {keys.shape}")
         return keys
@@ -628,6 +632,10 @@ cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data,
         start = stop
     return -1
 
+cdef object _UINT64 = np.dtype(np.uint64)
+cdef object _INT64 = np.dtype(np.int64)
+cdef object _INT32 = np.dtype(np.int32)
+
 cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
                        str argname) except -1:
     cdef str kind = keys.dtype.kind
@@ -636,32 +644,34 @@ cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
     cdef const uint32_t[::1] ucs4
     cdef Py_ssize_t n = keys.shape[0], width, bad
     cdef uint8_t* scratch
+    # Each kind is read through checked_input: an array that is misaligned, byte-swapped or
+    # strided is read from an aligned native copy, never through a misaligned pointer.
     if kind == "u" or kind == "b":
-        ints = np.ascontiguousarray(keys, dtype=np.uint64)
+        ints = checked_input(keys, _UINT64, argname)
         with nogil:
             _hash_ints(algorithm, seed, ints, out)
     elif kind == "i":
-        ints = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64)
+        ints = checked_input(keys, _INT64, argname).view(np.uint64)
         with nogil:
             _hash_ints(algorithm, seed, ints, out)
     elif kind == "S":
         width = keys.dtype.itemsize
-        if n == 0:
-            return 0
-        raw = np.ascontiguousarray(keys).view(np.uint8)
+        if n == 0 or width == 0:
+            return _hash_empty_items(algorithm, seed, n, out)
+        raw = checked_input(keys, keys.dtype, argname).view(np.uint8)
         with nogil:
             _hash_fixed_bytes(algorithm, seed, &raw[0], n, width, out)
     elif kind == "U":
         width = keys.dtype.itemsize // 4
-        if n == 0:
-            return 0
-        ucs4 = np.ascontiguousarray(keys, dtype=keys.dtype.newbyteorder("=")).view(np.uint32)
-        scratch = <uint8_t*>malloc(4 * width + 1)
+        if n == 0 or width == 0:
+            return _hash_empty_items(algorithm, seed, n, out)
+        ucs4 = checked_input(keys, keys.dtype.newbyteorder("="), argname).view(np.uint32)
+        scratch = <uint8_t*>PyMem_Malloc(4 * width + 1)
         if scratch == NULL:
             raise MemoryError()
         with nogil:
             bad = _hash_fixed_unicode(algorithm, seed, &ucs4[0], n, width, scratch, out)
-        free(scratch)
+        PyMem_Free(scratch)
         if bad >= 0:
             raise ValueError(f"{argname}[{bad}]: str key cannot be encoded as UTF-8 (lone "
                              f"surrogate or code point above U+10FFFF)")
@@ -678,6 +688,17 @@ cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
     else:
         raise TypeError(f"{argname}: unsupported dtype {keys.dtype} (use integer, 'S', 'U', "
                         f"StringDType or object arrays)")
+    return 0
+
+cdef int _hash_empty_items(int algorithm, uint64_t seed, Py_ssize_t n, uint64_t* out) except -1:
+    """n empty keys (a zero-width 'S' or 'U' array): each hashes like b"" (no pointer to read)."""
+    cdef uint8_t empty = 0
+    cdef Py_ssize_t i
+    cdef uint64_t h
+    if n:
+        h = hash_bytes(algorithm, &empty, 0, seed)
+        for i in range(n):
+            out[i] = h
     return 0
 
 cdef object _NO_NA = object()
@@ -721,6 +742,8 @@ cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* o
     offsets = np.frombuffer(buffers[1], dtype=offset_type)[arr.offset:arr.offset + n + 1]
     if offsets.shape[0] != n + 1:
         raise ValueError(f"{argname}: malformed pyarrow array (offsets buffer too short)")
+    # A buffer wrapped from foreign memory may start at any byte: read an aligned copy then.
+    offsets = checked_input(offsets, _INT32 if offset_type is np.int32 else _INT64, argname)
     if offset_type is np.int32:
         off32 = offsets
         with nogil:
@@ -755,20 +778,20 @@ cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py
 # --------------------------------------------------------------------------------------------------
 # Python API
 
-cdef uint64_t[::1] _check_out(object out, Py_ssize_t n):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray of uint64, got {type(out).__name__}")
-    if out.dtype != np.uint64:
-        raise TypeError(f"out must have dtype uint64, got {out.dtype}")
-    if out.ndim != 1 or out.shape[0] != n:
-        raise ValueError(f"out must be 1-dimensional with length {n} (one per key), "
-                         f"got shape {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be C-contiguous and writeable")
-    return out
+cdef bint _out_overlaps_keys(object out, object keys) except -1:
+    """Whether writing hashes into `out` could change keys not hashed yet."""
+    if isinstance(keys, np.ndarray):
+        return overlaps(out, keys)
+    if _is_arrow(keys):
+        for chunk in (keys.chunks if hasattr(keys, "chunks") else (keys,)):
+            for buf in chunk.buffers():
+                if buf is not None and overlaps_range(out, buf.address, buf.size):
+                    return True
+    return False
 
 
-def hash64(key, algorithm="xxh64", seed=0):
+def hash64(key: str | bytes | bytearray | memoryview | SupportsIndex, algorithm: str = "xxh64",
+           seed: SupportsIndex = 0) -> int:
     """Hash one key to an unsigned 64-bit int.
 
     ``key`` is a str (hashed as UTF-8), a bytes-like object, or an int (hashed as its 8-byte
@@ -785,14 +808,21 @@ def hash64(key, algorithm="xxh64", seed=0):
     return hash_object(key, algo, s, "key")
 
 
-def hash64_many(keys, algorithm="xxh64", seed=0, out=None):
+def hash64_many(keys: Iterable[Any] | npt.ArrayLike, algorithm: str = "xxh64",
+                seed: SupportsIndex = 0,
+                out: npt.NDArray[np.uint64] | None = None) -> npt.NDArray[np.uint64]:
     """Hash a batch of keys to a numpy uint64 array; element i equals ``hash64(keys[i], ...)``.
 
     ``keys`` may be a list or tuple of str/bytes/int, a 1-d numpy array (integer, bool, 'S', 'U',
     object or StringDType), or a pyarrow string/binary (large or not, sliced or chunked) array,
     read straight from its buffers. Numeric and fixed-width arrays and pyarrow buffers are hashed
-    with the GIL released. ``out``, if given, is a C-contiguous uint64 array of ``len(keys)``
-    that receives the hashes and is returned.
+    with the GIL released; an array that is misaligned, byte-swapped or strided is hashed from an
+    aligned copy. Masked arrays are refused (fill or compress them first).
+
+    ``out``, if given, is a writeable, aligned, C-contiguous uint64 array (native byte order) of
+    ``len(keys)`` that receives the hashes and is returned. It may be ``keys`` itself; if it
+    overlaps ``keys`` any other way, the hashes are computed into a temporary and then copied
+    into ``out`` (as numpy's ufuncs do), so the answer is always that of separate arrays.
     """
     cdef int algo = parse_algorithm(algorithm)
     cdef uint64_t s = parse_seed(algo, seed)
@@ -800,11 +830,16 @@ def hash64_many(keys, algorithm="xxh64", seed=0, out=None):
     cdef Py_ssize_t n = len(batch)
     cdef uint64_t[::1] result
     cdef uint64_t* dst = NULL
-    if out is None:
-        out = np.empty(n, dtype=np.uint64)
-    result = _check_out(out, n)
+    target = checked_output(out, _UINT64, (n,), "out")
+    if out is not None and n and _out_overlaps_keys(target, batch):
+        target = np.empty(n, dtype=np.uint64)
+    result = target
     if n:
         dst = &result[0]
     # Even an empty batch goes through: an unsupported dtype is an error at any length.
     hash_batch(batch, algo, s, dst, n, "keys")
+    if out is None:
+        return target
+    if target is not out:
+        out[...] = target
     return out

@@ -1,5 +1,5 @@
 # C-level interface of the ring core, for the modules that cimport it (_select).
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cimport cython
 
@@ -28,8 +28,19 @@ cdef class RingState:
     cdef int shift
 
     cdef Py_ssize_t find(self, uint64_t h) noexcept nogil
+    # The ring position of a key, and of a batch of keys (a fresh uint64 array of n + 1, the last
+    # slot spare): hashed with the ring's algorithm and seed, then placed by key_position (below:
+    # shifted into the top half on a ketama ring, DESIGN.md "Keys and hashes").
     cdef uint64_t key_hash(self, object key, str argname) except? 0xFFFFFFFFFFFFFFFF
-    cdef object batch_hashes(self, object batch, Py_ssize_t n)
+    cdef object batch_hashes(self, object batch, Py_ssize_t n, str argname)
+
+
+cdef inline uint64_t key_position(RingState st, uint64_t h) noexcept nogil:
+    """The ring position of a key hashed to h: h itself, or on a ketama ring (32-bit points
+    stored in the top half of a uint64) h << 32, so that "first point >= position" still holds.
+    RingState.key_hash and RingState.batch_hashes, the only ways keys reach a ring, go through
+    this one shift."""
+    return (h << 32) if st.ketama else h
 
 
 cdef inline Py_ssize_t ring_find(RingState st, uint64_t h) noexcept nogil:
@@ -47,3 +58,33 @@ cdef inline Py_ssize_t ring_find(RingState st, uint64_t h) noexcept nogil:
     while points[lo] < h:
         lo += 1
     return lo if lo < st.npoints else 0
+
+
+cdef inline Py_ssize_t bounded_walk(RingState st, Py_ssize_t start, const int32_t* node_of,
+                                    const int64_t* load, const double* share, double room,
+                                    const uint8_t* excluded) noexcept nogil:
+    """Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2016): the node
+    that takes a key whose point is at `start`, walking clockwise.
+
+    A point's node is ``node_of[owner]`` (``owner`` when node_of is NULL). The walk takes the
+    first node that may take keys (``share > 0`` and not ``excluded``) with room:
+    ``load < room * share``, which for an integer load is ``load < ceil(room * share)``, the
+    paper's cap, without computing a ceiling per step. If no node has room it returns the first
+    node that may take keys, and -1 if there is none. HashRing.assign_bounded passes each owner's
+    capacity as its share and room 1; the balancer's "ring" strategy passes weight shares and
+    ``load_factor * (in flight + 1)``.
+    """
+    cdef Py_ssize_t steps, node, p = start, fallback = -1, npoints = st.npoints
+    cdef bint allowed
+    for steps in range(npoints):
+        node = st.owners[p] if node_of == NULL else node_of[st.owners[p]]
+        allowed = excluded == NULL or not excluded[node]
+        # Most keys stop at their own point, after one comparison.
+        if allowed and load[node] < room * share[node] and share[node] > 0:
+            return node
+        if fallback < 0 and allowed and share[node] > 0:
+            fallback = node
+        p += 1
+        if p == npoints:
+            p = 0
+    return fallback

@@ -9,15 +9,17 @@ the first point >= h, wrapping to the first point; equal points are ordered by o
 sorted node names, so the ring never depends on the order nodes were added in.
 """
 
-from libc.math cimport ceil, floor, isfinite
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from libc.math cimport ceil, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, calloc
 from libc.string cimport memcpy, memset
 
 cimport cython
 
+from ringkit._arrays cimport checked_input, checked_output, overlaps
 from ringkit._hashing cimport (
     ALGO_MD5,
+    ALGO_XXH64,
     as_batch,
     hash_batch,
     hash_bytes,
@@ -32,6 +34,9 @@ from bisect import bisect_left
 import numpy as np
 
 from ringkit.errors import EmptyRingError, UnknownNodeError
+
+cdef object _UINT64 = np.dtype(np.uint64)
+cdef object _INT32 = np.dtype(np.int32)
 
 # Point counts stay below 2**31 so owners and positions fit int32.
 MAX_POINTS = 2**31 - 1
@@ -217,24 +222,23 @@ cdef class RingState:
         return ring_find(self, h)
 
     cdef uint64_t key_hash(self, object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
-        cdef uint64_t h = hash_object(key, self.algo, self.seed_value, argname)
-        return (h << 32) if self.ketama else h
+        return key_position(self, hash_object(key, self.algo, self.seed_value, argname))
 
-    cdef object batch_hashes(self, object batch, Py_ssize_t n):
+    cdef object batch_hashes(self, object batch, Py_ssize_t n, str argname):
         """Hash a batch into a fresh uint64 array (one spare slot, so it is never empty)."""
         cdef uint64_t[::1] hashes
         cdef Py_ssize_t i
         arr = np.empty(n + 1, dtype=np.uint64)
         hashes = arr
         if n:
-            hash_batch(batch, self.algo, self.seed_value, &hashes[0], n, "keys")
+            hash_batch(batch, self.algo, self.seed_value, &hashes[0], n, argname)
             if self.ketama:
                 with nogil:
                     for i in range(n):
-                        hashes[i] = hashes[i] << 32
+                        hashes[i] = key_position(self, hashes[i])
         return arr
 
-    def position(self, str name):
+    def position(self, name: str) -> int:
         """Index of `name` in nodes, or raise UnknownNodeError."""
         found = self.positions.get(name)
         if found is None:
@@ -245,7 +249,7 @@ cdef class RingState:
 _SENTINEL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 cdef object _points_buffer(Py_ssize_t n):
-    """A uint64 array for n points followed by PAD sentinels (see _find)."""
+    """A uint64 array for n points followed by PAD sentinels (see ring_find in _ring.pxd)."""
     padded = np.empty(n + PAD, dtype=np.uint64)
     padded[n:] = _SENTINEL
     return padded
@@ -336,7 +340,7 @@ def build(nodes, weights, counts, int vnodes, str algorithm, seed):
     owners = np.empty(total, dtype=np.int32)
     cdef uint64_t[::1] pv = points
     cdef int32_t[::1] ov = owners
-    cdef uint8_t* buf = <uint8_t*>malloc(POINT_CHUNK * (maxlen + 4) + 8)
+    cdef uint8_t* buf = <uint8_t*>PyMem_Malloc(POINT_CHUNK * (maxlen + 4) + 8)
     if buf == NULL:
         raise MemoryError()
     try:
@@ -347,7 +351,7 @@ def build(nodes, weights, counts, int vnodes, str algorithm, seed):
             ov[pos:pos + c] = <int32_t>i
             pos += c
     finally:
-        free(buf)
+        PyMem_Free(buf)
     _sort_in_place(points, owners)
     return _make_state(tuple(nodes), tuple(weights), tuple(counts), vnodes, algorithm, seed,
                        False, padded, owners)
@@ -368,18 +372,20 @@ def build_ketama(nodes, weights, digests):
     owners = np.empty(total, dtype=np.int32)
     cdef uint64_t[::1] pv = points
     cdef int32_t[::1] ov = owners
-    cdef uint8_t* buf = <uint8_t*>malloc(maxlen + 32)
+    cdef uint8_t* buf = <uint8_t*>PyMem_Malloc(maxlen + 32)
     if buf == NULL:
         raise MemoryError()
     try:
         for i in range(nn):
             name_b = encoded[i]
             d = digests[i]
+            if d == 0:   # no digest, no points (and &pv[pos] may be one past the end)
+                continue
             _ketama_points(<const uint8_t*><char*>name_b, len(name_b), d, buf, &pv[pos])
             ov[pos:pos + 4 * d] = <int32_t>i
             pos += 4 * d
     finally:
-        free(buf)
+        PyMem_Free(buf)
     _sort_in_place(points, owners)
     return _make_state(tuple(nodes), tuple(weights), tuple(4 * d for d in digests), 0, "md5", 0,
                        True, padded, owners)
@@ -418,14 +424,14 @@ def with_node(RingState st, str name, weight, object count):
     name_b = _name_bytes(name)
     new_points = np.empty(count, dtype=np.uint64)
     cdef uint64_t[::1] npv = new_points
-    cdef uint8_t* buf = <uint8_t*>malloc(POINT_CHUNK * (len(name_b) + 4) + 8)
+    cdef uint8_t* buf = <uint8_t*>PyMem_Malloc(POINT_CHUNK * (len(name_b) + 4) + 8)
     if buf == NULL:
         raise MemoryError()
     try:
         _node_points(st.algo, st.seed_value, <const uint8_t*><char*>name_b, len(name_b), count,
                      buf, &npv[0])
     finally:
-        free(buf)
+        PyMem_Free(buf)
     new_points.sort()   # one owner: sorting the points is enough
     padded = _points_buffer(n + count)
     points = padded[:n + count]
@@ -474,20 +480,6 @@ def without_node(RingState st, str name):
 # --------------------------------------------------------------------------------------------------
 # Lookups: the compiled base of HashRing and RingSnapshot
 
-cdef object _check_out(object out, Py_ssize_t n, object dtype, tuple shape):
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray of {np.dtype(dtype).name}, "
-                        f"got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {out.dtype}")
-    if out.shape != shape:
-        raise ValueError(f"out must have shape {shape}, got {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be C-contiguous and writeable")
-    return out
-
 cdef Py_ssize_t _check_n(object n, RingState st) except -1:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
@@ -528,17 +520,31 @@ cdef class _Stamps:
     cdef Py_ssize_t size
 
     def __cinit__(self, Py_ssize_t size):
-        self.data = <uint32_t*>calloc(max(size, 1), sizeof(uint32_t))
+        self.data = <uint32_t*>PyMem_Calloc(max(size, 1), sizeof(uint32_t))
         self.size = size
         if self.data == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
-        free(self.data)
+        PyMem_Free(self.data)
+
+
+cdef object _finish(object out, object target):
+    """What a batch call returns: `target`, copied into `out` first when the kernel wrote into a
+    temporary because `out` overlapped its input."""
+    if out is None or target is out:
+        return target
+    out[...] = target
+    return out
 
 
 cdef class RingBase:
-    """Lookups over the ring's current immutable state (compiled; see HashRing for the docs)."""
+    """The compiled lookups of :class:`ringkit.HashRing` and :class:`ringkit.RingSnapshot`.
+
+    Every lookup reads the ring's current immutable state (one reference, swapped whole by a
+    change), so readers never block and never see half a change. Inspection and serialisation
+    (``shares``, ``load``, ``movement``, ``to_dict``) live in ``ringkit.ring``, above this core.
+    """
     cdef RingState _state
 
     cdef RingState _current(self):
@@ -555,39 +561,76 @@ cdef class RingBase:
             raise EmptyRingError("the ring has no nodes")
         return st
 
-    def _swap_state(self, RingState state not None):
+    @classmethod
+    def _of(cls, RingState state not None):
+        """A new `cls` (a RingBase subclass) over `state`, without calling its __init__."""
+        cdef RingBase ring = cls.__new__(cls)
+        ring._state = state
+        return ring
+
+    def _swap_state(self, RingState state not None) -> None:
+        """Make `state` the ring's state (one reference swap: readers see the old or the new)."""
         with cython.critical_section(self):
             self._state = state
 
     @property
-    def _ring_state(self):
+    def _ring_state(self) -> RingState:
+        """The current immutable state."""
         return self._current()
 
     # -- single lookups -------------------------------------------------------------------------
 
-    def get(self, key):
-        """The node that owns `key` (str, bytes-like or int)."""
+    def get(self, key: str | bytes | bytearray | memoryview | int) -> str:
+        """The node that owns `key`: the owner of the first point at or after its hash.
+
+        ``key`` is a str (hashed as UTF-8), a bytes-like object or an int (its 8-byte
+        two's-complement form). Raises EmptyRingError on a ring without nodes.
+
+        >>> from ringkit import HashRing
+        >>> HashRing(["a", "b", "c"]).get("user:42") in ("a", "b", "c")
+        True
+        """
         cdef RingState st = self._nonempty()
         cdef uint64_t h = st.key_hash(key, "key")
         return st.nodes[st.owners[st.find(h)]]
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str | bytes | bytearray | memoryview | int) -> str:
+        """``ring[key]`` is ``ring.get(key)``."""
         cdef RingState st = self._nonempty()
         cdef uint64_t h = st.key_hash(key, "key")
         return st.nodes[st.owners[st.find(h)]]
 
-    def get_hash(self, uint64_t h):
-        """The node that owns an already-hashed uint64 position on the ring."""
-        cdef RingState st = self._nonempty()
-        return st.nodes[st.owners[st.find(h)]]
+    def get_hash(self, h: int) -> str:
+        """The node that owns an already-hashed position `h` (an int in 0..2**64-1).
 
-    def preference_list(self, key, n):
-        """`n` distinct nodes for `key`, walking clockwise from its position, primary first."""
+        On a ketama ring positions are 32-bit hashes shifted into the top half (``h32 << 32``).
+        """
+        cdef RingState st = self._nonempty()
+        cdef uint64_t position
+        if type(h) is not int:
+            if isinstance(h, bool) or not hasattr(type(h), "__index__"):
+                raise TypeError(f"h must be an int (a uint64 ring position), got "
+                                f"{type(h).__name__}")
+            h = h.__index__()
+        if not 0 <= h <= 0xFFFFFFFFFFFFFFFF:
+            text = repr(h)
+            raise ValueError(f"h must be a ring position in 0..2**64-1, got "
+                             f"{text if len(text) <= 40 else text[:37] + '...'}")
+        position = h
+        return st.nodes[st.owners[st.find(position)]]
+
+    def preference_list(self, key: str | bytes | bytearray | memoryview | int,
+                        n: int) -> list[str]:
+        """`n` distinct nodes for `key`, walking clockwise from its position, primary first.
+
+        The first is ``get(key)``; the others are where the key's replicas go, and where it moves
+        if the nodes before them leave. ``n`` is at most the number of nodes.
+        """
         cdef RingState st = self._nonempty()
         cdef Py_ssize_t count = _check_n(n, st)
         cdef uint64_t h = st.key_hash(key, "key")
         cdef _Stamps stamps = _Stamps(len(st.nodes))
-        cdef int32_t* picked = <int32_t*>malloc(count * sizeof(int32_t))
+        cdef int32_t* picked = <int32_t*>PyMem_Malloc(count * sizeof(int32_t))
         if picked == NULL:
             raise MemoryError()
         try:
@@ -595,17 +638,26 @@ cdef class RingBase:
                            picked)
             return [st.nodes[picked[i]] for i in range(count)]
         finally:
-            free(picked)
+            PyMem_Free(picked)
 
     # -- batch lookups ----------------------------------------------------------------------------
 
-    def get_many(self, keys, out=None):
-        """Owner of each key as int32 indices into ``nodes`` of the snapshot that answered."""
+    def get_many(self, keys: Iterable[Any] | npt.ArrayLike,
+                 out: npt.NDArray[np.int32] | None = None) -> npt.NDArray[np.int32]:
+        """The owner of each key, as int32 indices into ``nodes`` of the snapshot that answered.
+
+        ``keys`` is a list or tuple of keys, a 1-d numpy array or a pyarrow string/binary/integer
+        array (see :func:`ringkit.hash64_many`); numeric and fixed-width arrays are read without
+        the GIL. ``out``, if given, is a writeable, aligned, C-contiguous int32 array of
+        ``len(keys)`` that receives the indices and is returned. If another thread may change
+        the ring meanwhile, use a ``snapshot()`` and its ``nodes``.
+        """
         cdef RingState st = self._nonempty()
         batch = as_batch(keys, "keys")
         cdef Py_ssize_t n = len(batch), i
-        result = _check_out(out, n, np.int32, (n,))
-        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, n)
+        # The keys are hashed into a fresh array before out is written: out may overlap them.
+        result = checked_output(out, _INT32, (n,), "out")
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, n, "keys")
         cdef int32_t[::1] rv = result
         if n:
             with nogil:
@@ -613,32 +665,46 @@ cdef class RingBase:
                     rv[i] = st.owners[st.find(hashes[i])]
         return result
 
-    def locate(self, hashes, out=None):
-        """Owner of each already-hashed uint64 position, as int32 indices into ``nodes``."""
+    def locate(self, hashes: npt.NDArray[np.uint64],
+               out: npt.NDArray[np.int32] | None = None) -> npt.NDArray[np.int32]:
+        """The owner of each already-hashed uint64 position, as int32 indices into ``nodes``.
+
+        ``hashes`` is a 1-d uint64 array (any byte order or layout: one that is not aligned,
+        native and C-contiguous is read from a copy). ``out`` is as in :meth:`get_many`; if it
+        overlaps ``hashes`` the owners are found into a temporary and copied into it.
+        """
         cdef RingState st = self._nonempty()
         if not isinstance(hashes, np.ndarray):
             raise TypeError(f"hashes must be a numpy uint64 array, got {type(hashes).__name__}")
-        if hashes.dtype != np.uint64:
+        if hashes.dtype.kind != "u" or hashes.dtype.itemsize != 8:
             raise TypeError(f"hashes must have dtype uint64, got {hashes.dtype}")
         if hashes.ndim != 1:
             raise ValueError(f"hashes must be 1-dimensional, got shape {hashes.shape}")
-        cdef const uint64_t[::1] hv = np.ascontiguousarray(hashes)
+        source = checked_input(hashes, _UINT64, "hashes")
+        cdef const uint64_t[::1] hv = source
         cdef Py_ssize_t n = hv.shape[0], i
-        result = _check_out(out, n, np.int32, (n,))
-        cdef int32_t[::1] rv = result
+        target = checked_output(out, _INT32, (n,), "out")
+        if out is not None and overlaps(target, source):
+            target = np.empty(n, dtype=np.int32)
+        cdef int32_t[::1] rv = target
         with nogil:
             for i in range(n):
                 rv[i] = st.owners[st.find(hv[i])]
-        return result
+        return _finish(out, target)
 
-    def preference_many(self, keys, n, out=None):
-        """`n` distinct nodes per key, clockwise, primary first: int32 array of shape (len(keys), n)."""
+    def preference_many(self, keys: Iterable[Any] | npt.ArrayLike, n: int,
+                        out: npt.NDArray[np.int32] | None = None) -> npt.NDArray[np.int32]:
+        """`n` distinct nodes per key, clockwise, primary first: int32 indices into ``nodes``.
+
+        Returns an array of shape ``(len(keys), n)``; row i is ``preference_list(keys[i], n)``.
+        ``out``, if given, is a writeable, aligned, C-contiguous int32 array of that shape.
+        """
         cdef RingState st = self._nonempty()
         cdef Py_ssize_t count = _check_n(n, st)
         batch = as_batch(keys, "keys")
         cdef Py_ssize_t m = len(batch), i
-        result = _check_out(out, m, np.int32, (m, count))
-        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m)
+        result = checked_output(out, _INT32, (m, count), "out")
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m, "keys")
         cdef _Stamps stamps = _Stamps(len(st.nodes))
         cdef int32_t[:, ::1] rv = result
         cdef uint32_t stamp = 0
@@ -655,7 +721,8 @@ cdef class RingBase:
                                    stamps.data, stamp, &rv[i, 0])
         return result
 
-    def assign_bounded(self, keys, load_factor=1.25):
+    def assign_bounded(self, keys: Iterable[Any] | npt.ArrayLike,
+                       load_factor: float = 1.25) -> npt.NDArray[np.int32]:
         """Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2016).
 
         Each node takes at most ceil(load_factor * len(keys) * its weight share) keys; a key whose
@@ -672,196 +739,108 @@ cdef class RingBase:
         if not isfinite(c) or c < 1.0:
             raise ValueError(f"load_factor must be a finite number >= 1, got {load_factor}")
         batch = as_batch(keys, "keys")
-        cdef Py_ssize_t m = len(batch), i, p, nn = len(st.nodes)
+        cdef Py_ssize_t m = len(batch), i, nn = len(st.nodes)
         result = np.empty(m, dtype=np.int32)
-        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m)
+        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, m, "keys")
         # Only nodes that own points can take keys (a ketama node may own none: counting its
-        # capacity would leave the others short and the walk below would never end). No node
-        # can need more than m, which also keeps a huge load_factor from overflowing int64.
+        # capacity would leave the others short). No node can need more than m, which also
+        # keeps a huge load_factor finite. The capacities are the walk's shares, with room 1.
         placed = [w if k else 0.0 for w, k in zip(st.weight_values, st.counts)]
         total_weight = sum(placed)
         capacity = np.array([min(m, ceil(c * m * w / total_weight)) for w in placed],
-                            dtype=np.int64)
+                            dtype=np.float64)
         load = np.zeros(nn, dtype=np.int64)
-        cdef int64_t[::1] cap = capacity
+        cdef const double[::1] cap = capacity
         cdef int64_t[::1] ld = load
         cdef int32_t[::1] rv = result
-        cdef int32_t o
+        cdef Py_ssize_t o, p
         if m:
             with nogil:
                 for i in range(m):
                     p = st.find(hashes[i])
-                    o = st.owners[p]
-                    while ld[o] >= cap[o]:
-                        p += 1
-                        if p == st.npoints:
-                            p = 0
+                    o = bounded_walk(st, p, NULL, &ld[0], &cap[0], 1.0, NULL)
+                    if o < 0:   # no capacity anywhere (cannot happen for weights > 0)
                         o = st.owners[p]
                     ld[o] += 1
-                    rv[i] = o
+                    rv[i] = <int32_t>o
         return result
 
     # -- description ------------------------------------------------------------------------------
 
     @property
-    def nodes(self):
+    def nodes(self) -> tuple[str, ...]:
         """Node names, sorted; batch results index this tuple."""
         cdef RingState st = self._current()
         return () if st is None else st.nodes
 
     @property
-    def weights(self):
+    def weights(self) -> dict[str, float]:
         """{name: weight} for every node."""
         cdef RingState st = self._current()
         return {} if st is None else dict(zip(st.nodes, st.weight_values))
 
     @property
-    def vnodes(self):
+    def vnodes(self) -> int:
         """Points per unit of weight (0 for a ketama ring, whose shares set the points)."""
         return self._current().vnodes
 
     @property
-    def algorithm(self):
+    def algorithm(self) -> str:
         """The hash algorithm that places points and keys."""
         return self._current().algorithm
 
     @property
-    def seed(self):
+    def seed(self) -> int:
         """The hash seed."""
         return self._current().seed
 
     @property
-    def is_ketama(self):
+    def is_ketama(self) -> bool:
         """Whether this ring is libketama-compatible (HashRing.ketama)."""
         return self._current().ketama
 
     @property
-    def points(self):
+    def points(self) -> npt.NDArray[np.uint64]:
         """The sorted ring points (read-only uint64 array)."""
         return self._current().points_array
 
     @property
-    def owners(self):
+    def owners(self) -> npt.NDArray[np.int32]:
         """The owner of each point (read-only int32 array of indices into nodes)."""
         return self._current().owners_array
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes held by points, owners and the lookup index."""
         cdef RingState st = self._current()
         return st.points_array.nbytes + st.owners_array.nbytes + st.index_array.nbytes
 
-    def __len__(self):
+    def __len__(self) -> int:
+        """The number of nodes."""
         cdef RingState st = self._current()
         return 0 if st is None else len(st.nodes)
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
+        """Whether `name` is one of the nodes."""
         cdef RingState st = self._current()
         return st is not None and isinstance(name, str) and name in st.positions
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
+        """The node names, sorted."""
         return iter(self.nodes)
 
-    # -- inspection -------------------------------------------------------------------------------
-
-    def shares(self):
-        """Each node's share of the hash space (the arcs its points close), summing to 1."""
-        cdef RingState st = self._current()
-        points = st.points_array
-        if points.shape[0] == 0:
-            return {}
-        # Point i owns (points[i-1], points[i]]; uint64 subtraction wraps around the ring.
-        arcs = np.empty(points.shape[0], dtype=np.float64)
-        if points.shape[0] == 1:
-            arcs[0] = 2.0**64
-        else:
-            gaps = np.empty(points.shape[0], dtype=np.uint64)
-            last = points.shape[0] - 1
-            gaps[1:] = points[1:] - points[:last]
-            gaps[:1] = points[:1] - points[last:]
-            arcs[:] = gaps
-        sums = np.bincount(st.owners_array, weights=arcs, minlength=len(st.nodes)) / 2.0**64
-        return dict(zip(st.nodes, sums.tolist()))
-
-    def load(self, keys):
-        """How `keys` spread over the nodes: a LoadStats with counts, mean, max and min."""
-        from ringkit.ring import LoadStats
-        cdef RingState st = self._nonempty()
-        snap = RingSnapshot._of(st)
-        counts = np.bincount(snap.get_many(keys), minlength=len(st.nodes))
-        total = int(counts.sum())
-        total_weight = sum(st.weight_values)
-        expected = {name: total * w / total_weight for name, w in zip(st.nodes, st.weight_values)}
-        return LoadStats(counts=dict(zip(st.nodes, counts.tolist())), expected=expected,
-                         total=total, mean=total / len(st.nodes), max=int(counts.max()),
-                         min=int(counts.min()))
-
-    def movement(self, other, keys):
-        """Which of `keys` route to a different node in `other` (e.g. after an add or remove)."""
-        from ringkit.ring import Movement
-        if not isinstance(other, RingBase):
-            raise TypeError(f"other must be a HashRing or RingSnapshot, got {type(other).__name__}")
-        mine = RingSnapshot._of((<RingBase>self)._nonempty())
-        theirs = RingSnapshot._of((<RingBase>other)._nonempty())
-        batch = as_batch(keys, "keys")
-        a = mine.get_many(batch)
-        b = theirs.get_many(batch)
-        position = {name: i for i, name in enumerate(theirs.nodes)}
-        translate = np.array([position.get(name, -1) for name in mine.nodes], dtype=np.int32)
-        moved = translate[a] != b
-        flows = {}
-        if moved.any():
-            pairs, counts = np.unique(np.stack([a[moved], b[moved]]), axis=1, return_counts=True)
-            for (i, j), c in zip(pairs.T.tolist(), counts.tolist()):
-                flows[(mine.nodes[i], theirs.nodes[j])] = c
-        return Movement(moved=moved, flows=flows)
-
-    def to_dict(self):
-        """A plain dict (JSON-ready) that HashRing.from_dict turns back into an equal ring."""
-        from ringkit.ring import _state_to_dict
-        return _state_to_dict(self._current())
-
-    def fingerprint(self):
-        """A hex digest of the placement (nodes, points and owners): equal fingerprints route alike."""
+    def fingerprint(self) -> str:
+        """A hex digest of the placement (nodes, points and owners): equal fingerprints route
+        alike, whatever built the ring."""
         cdef RingState st = self._current()
         if st._fingerprint is None:
-            from ringkit._hashing import hash64
             names = "\x00".join(st.nodes).encode("utf-8", "surrogatepass")
             head = f"ringkit-ring/{FORMAT}/{int(st.ketama)}/{len(st.nodes)}/".encode()
-            parts = [hash64(head + names, "xxh64", 0),
-                     hash64(st.points_array.tobytes(), "xxh64", 1),
-                     hash64(st.owners_array.tobytes(), "xxh64", 2)]
+            parts = [_digest(head + names, 0), _digest(st.points_array.tobytes(), 1),
+                     _digest(st.owners_array.tobytes(), 2)]
             st._fingerprint = "".join(f"{p:016x}" for p in parts)
         return st._fingerprint
 
 
-@cython.final
-cdef class RingSnapshot(RingBase):
-    """A frozen view of a ring: its ``nodes`` and its lookups always agree."""
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError("RingSnapshot is made by HashRing.snapshot()")
-
-    @staticmethod
-    def _of(RingState state not None):
-        cdef RingSnapshot snap = RingSnapshot.__new__(RingSnapshot)
-        snap._state = state
-        return snap
-
-    def __repr__(self):
-        st = self._state
-        return (f"<RingSnapshot nodes={len(st.nodes)} points={st.npoints} "
-                f"fingerprint={self.fingerprint()[:16]}>")
-
-    def __eq__(self, other):
-        if not isinstance(other, RingBase):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    def __hash__(self):
-        return hash(self.fingerprint())
-
-    def __reduce__(self):
-        from ringkit.ring import _snapshot_from_dict
-        return (_snapshot_from_dict, (self.to_dict(),))
-
+cdef uint64_t _digest(bytes data, uint64_t seed):
+    return hash_bytes(ALGO_XXH64, <const uint8_t*><const char*>data, len(data), seed)

@@ -21,6 +21,15 @@ import numpy as np
 from ringkit import _select
 from ringkit._select import STRATEGIES, Selector
 from ringkit.errors import UnknownNodeError
+from ringkit.ring import HashRing
+from ringkit.validation import (
+    MAX_POINTS,
+    check_name,
+    check_vnodes,
+    check_weight,
+    parse_nodes,
+    short,
+)
 
 __all__ = ["Balancer", "BalancerEvent", "NodeHealth", "STRATEGIES"]
 
@@ -28,6 +37,10 @@ log = logging.getLogger("ringkit.balancer")
 
 # Slow start ramps a re-admitted node's weight up in this many equal steps.
 SLOW_START_STEPS = 10
+
+# The "ring" strategy's ring holds at most this many points (or vnodes per node, if more): about
+# 12 MB, rebuilt in a tenth of a second when a weight changes, whatever the weights.
+RING_POINTS = 2**20
 
 
 @dataclass(frozen=True)
@@ -62,25 +75,6 @@ class _Health:
     readmitted_at: float | None = None
 
 
-def _check_weight(weight: object, argname: str) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, Real):
-        raise TypeError(f"{argname} must be a number, got {type(weight).__name__}")
-    value = float(weight)
-    if not math.isfinite(value):
-        raise ValueError(f"{argname} must be finite, got {weight!r}")
-    if value < 0:
-        raise ValueError(f"{argname} must be >= 0, got {weight!r}")
-    return value
-
-
-def _check_name(name: object, argname: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"{argname} must be a str node name, got {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{argname} must be a non-empty str")
-    return name
-
-
 def _check_positive(value: object, argname: str, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{argname} must be a number, got {type(value).__name__}")
@@ -91,27 +85,30 @@ def _check_positive(value: object, argname: str, *, allow_zero: bool = False) ->
     return number
 
 
-def _parse_nodes(nodes: object) -> dict[str, float]:
-    if isinstance(nodes, (str, bytes)) or nodes is None:
-        raise TypeError("nodes must be an iterable of names or a {name: weight} mapping, "
-                        f"got {type(nodes).__name__}")
-    parsed: dict[str, float] = {}
-    if isinstance(nodes, Mapping):
-        for name, weight in nodes.items():
-            parsed[_check_name(name, "nodes")] = _check_weight(weight, f"nodes[{name!r}]")
-    elif isinstance(nodes, Iterable):
-        for name in nodes:
-            if _check_name(name, "nodes") in parsed:
-                raise ValueError(f"nodes: duplicate node name {name!r}")
-            parsed[name] = 1.0
-    else:
-        raise TypeError("nodes must be an iterable of names or a {name: weight} mapping, "
-                        f"got {type(nodes).__name__}")
-    if not parsed:
-        raise ValueError("nodes must not be empty")
-    if not any(parsed.values()):
-        raise ValueError("nodes: all weights are zero; at least one node needs a positive weight")
-    return parsed
+def _ring_weights(weights: dict[str, float], vnodes: int) -> dict[str, float]:
+    """The weights of the "ring" strategy's own HashRing (with `vnodes`): the balancer's weights
+    scaled so that the smallest positive one is 1, which gives it `vnodes` points and every other
+    node points in proportion (weights whose smallest is 1 build the HashRing of the weights
+    themselves). Where that would pass RING_POINTS points (or vnodes per node, if more), the
+    shares are scaled to that many points instead, and a node whose share comes to less than
+    half a point is left off the ring (it still takes the keys of a ring whose nodes are all out,
+    by weight). Zero weights are never on the ring. Raises ValueError if the nodes alone would
+    pass MAX_POINTS."""
+    positive = {name: w for name, w in weights.items() if w > 0}
+    if vnodes * len(positive) + 2 * len(positive) > MAX_POINTS:
+        raise ValueError(f"vnodes: {len(positive)} nodes x vnodes {vnodes} need more than the "
+                         f"{MAX_POINTS:,} points a ring may hold (strategy='ring')")
+    budget = max(RING_POINTS, vnodes * len(positive))
+    low = min(positive.values())
+    ideal = {name: w / low for name, w in positive.items()}
+    if vnodes * sum(ideal.values()) <= budget:   # inf (tiny beside huge) is over
+        return ideal
+    # Shares computed against the largest weight: no sum of huge weights can overflow.
+    top = max(positive.values())
+    relative = {name: w / top for name, w in positive.items()}
+    total = sum(relative.values())
+    scaled = {name: r / total * budget / vnodes for name, r in relative.items()}
+    return {name: w for name, w in scaled.items() if vnodes * w >= 0.5}
 
 
 class Balancer(Selector):
@@ -123,17 +120,36 @@ class Balancer(Selector):
 
     Strategies:
 
-    - ``"smooth"`` (default): nginx's smooth weighted round robin, exactly. With integer weights
-      the sequence is periodic; it is laid out once per configuration and each pick is O(1).
-      Non-integer weights are used to three decimals.
+    - ``"smooth"`` (default): nginx's smooth weighted round robin, exactly, on the weights as
+      given. Weights that are integers (or binary fractions such as 0.5 or 2.25) run the
+      integer algorithm, whose sequence is periodic: it is laid out once per configuration and
+      each pick is O(1). Other weights (0.1, 1/3, 1e-300) run the same algorithm in floating
+      point, O(n) a pick: deterministic, and every node gets its share (within a pick or so over
+      any run of picks).
     - ``"random"``: weighted random with Vose's alias table, O(1) a pick; ``seed`` makes the
       picks reproducible.
-    - ``"least_request"``: power of two choices: two random nodes, the one with fewer requests
-      in flight per unit of weight wins. In-flight counts come from :meth:`lease`.
+    - ``"least_request"``: power of two choices: a first candidate drawn in proportion to its
+      weight and a second among the other nodes (uniformly); the one with fewer requests in
+      flight per unit of weight wins, the first on ties, so with nothing in flight the picks
+      follow the weights. In-flight counts come from :meth:`lease`.
     - ``"ring"``: key affinity with bounded load (Mirrokni, Thorup and Zadimoghaddam): a key goes
       to its node on a :class:`ringkit.HashRing`, unless that node already has
       ``ceil(load_factor * (m + 1) * its weight share)`` of the ``m`` requests in flight, in
-      which case it walks clockwise to the next node with room. ``pick(key=...)``.
+      which case it walks clockwise to the next node with room. ``pick(key=...)``. The ring
+      is the balancer's own: the smallest positive weight gets ``vnodes`` points and the others
+      points in proportion, up to RING_POINTS (2**20) points in all, beyond which the shares
+      are scaled to fit; so any weights, however far apart, build a small ring quickly.
+
+    Weights: a node's weight is a finite number >= 0, at least one positive; names are
+    non-empty str that encode to UTF-8. Every strategy gives a node the share of picks its weight
+    has of the total of the eligible nodes' weights, exactly, whatever the scale: weights
+    {"a": 1, "b": 1e-4} send b one pick in 10,001, and a weight of 1e-300 beside 1 is, in
+    practice, never picked. Weight 0 means "never picked": the node stays configured (with its
+    health and counts) but gets nothing until its weight is raised. Under load, "least_request"
+    and "ring" compare in-flight counts per unit of weight, and a node with nothing in flight
+    has load 0 whatever its weight: a tiny-weight node may hold one request in flight at a time
+    (as with nginx's least_conn), never more than its share allows beyond that. A node whose
+    share is below half of one of the ring's points is left off the ring.
 
     ``pick_many(n)`` (``pick_many(keys)`` for "ring") returns int32 indices into ``nodes`` and
     equals a loop of ``pick`` calls.
@@ -194,8 +210,7 @@ class Balancer(Selector):
         lf = _check_positive(load_factor, "load_factor")
         if lf < 1.0:
             raise ValueError(f"load_factor must be >= 1, got {load_factor!r}")
-        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise ValueError(f"vnodes must be an int >= 1, got {vnodes!r}")
+        vnodes = check_vnodes(vnodes)
         self._strategy = strategy
         self._base_ejection = _check_positive(base_ejection, "base_ejection", allow_zero=True)
         self._max_ejection = _check_positive(max_ejection, "max_ejection", allow_zero=True)
@@ -206,7 +221,8 @@ class Balancer(Selector):
         self._load_factor = lf
         self._vnodes = vnodes
         self._lock = threading.RLock()
-        self._weights = _parse_nodes(nodes)
+        self._weights = parse_nodes(nodes, "nodes", allow_zero=True, allow_empty=False)
+        self._check_ring(self._weights)
         self._health = {name: _Health() for name in self._weights}
         self._ring: Any = None
         self._ring_weights: dict[str, float] | None = None
@@ -216,10 +232,13 @@ class Balancer(Selector):
 
     # -- configuration ----------------------------------------------------------------------------
 
-    def _ring_state(self) -> Any:
-        from ringkit.ring import HashRing
+    def _check_ring(self, weights: dict[str, float]) -> None:
+        """Refuse weights the "ring" strategy's ring cannot hold, before anything changes."""
+        if self._strategy == "ring":
+            _ring_weights(weights, self._vnodes)
 
-        weights = {n: w for n, w in self._weights.items() if w > 0}
+    def _ring_state(self) -> Any:
+        weights = _ring_weights(self._weights, self._vnodes)
         if self._ring is None or self._ring_weights != weights:
             self._ring = HashRing(weights, vnodes=self._vnodes)
             self._ring_weights = weights
@@ -369,22 +388,26 @@ class Balancer(Selector):
     # -- runtime changes ------------------------------------------------------------------------
 
     def set_weight(self, node: str, weight: float) -> None:
-        """Change a node's weight (0 keeps the node but sends it nothing)."""
-        w = _check_weight(weight, "weight")
+        """Change a node's weight: a finite number >= 0 (0 keeps the node but sends it nothing);
+        at least one node keeps a positive weight."""
+        w = check_weight(weight, "weight", allow_zero=True)
         with self._lock:
             self._known(node)
             if w == 0 and not any(v for n, v in self._weights.items() if n != node):
                 raise ValueError("weight: this would make every weight zero")
+            self._check_ring({**self._weights, node: w})
             self._weights[node] = w
             self._reconfigure()
 
     def add(self, node: str, weight: float = 1.0) -> None:
-        """Add a node (it starts with nothing in flight and a fresh health record)."""
-        _check_name(node, "node")
-        w = _check_weight(weight, "weight")
+        """Add a node (it starts with nothing in flight and a fresh health record). `node` is a
+        non-empty str that encodes to UTF-8; `weight` a finite number >= 0."""
+        check_name(node, "node")
+        w = check_weight(weight, "weight", allow_zero=True)
         with self._lock:
             if node in self._weights:
-                raise ValueError(f"node: {node!r} is already in the balancer")
+                raise ValueError(f"node: {short(node)} is already in the balancer")
+            self._check_ring({**self._weights, node: w})
             self._weights[node] = w
             self._health[node] = _Health()
             self._reconfigure()
@@ -417,12 +440,15 @@ class Balancer(Selector):
 
     @property
     def strategy(self) -> str:
+        """The strategy picks follow: "smooth", "random", "least_request" or "ring"."""
         return self._strategy
 
     def __len__(self) -> int:
+        """The number of nodes (whatever their weight or health)."""
         return len(self._select_config.nodes)
 
     def __contains__(self, node: object) -> bool:
+        """Whether `node` is one of the nodes."""
         return node in self._select_config.positions
 
     def __repr__(self) -> str:

@@ -277,3 +277,87 @@ def test_a_csv_with_a_node_column_gets_no_second_one(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     ring = ringkit.HashRing(["a", "b"])
     assert result.stdout.splitlines() == ["id,node,shard", f"1,old,{ring.get('1')}"]
+
+
+NUTCRACKER_YML = """\
+alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  distribution: ketama
+  servers:
+   - 127.0.0.1:11211:1
+   - 127.0.0.1:11212:1 b
+   - 127.0.0.1:11213:2
+beta:
+  listen: 127.0.0.1:22122
+  distribution: modula
+  hash: murmur
+  servers:
+   - 10.0.0.1:11211:1
+   - 10.0.0.2:11211:3
+"""
+
+
+def test_route_and_inspect_read_a_twemproxy_config(tmp_path: Path) -> None:
+    from ringkit import compat
+
+    config = tmp_path / "nutcracker.yml"
+    config.write_text(NUTCRACKER_YML)
+    keys = [f"user:{i}" for i in range(2000)]
+    source = tmp_path / "keys.txt"
+    source.write_text("\n".join(keys) + "\n")
+    for pool in ("alpha", "beta"):
+        result = _run(PY, "route", "--twemproxy", str(config), "--pool", pool, str(source),
+                      cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        placement = compat.twemproxy(config, pool=pool)
+        assert result.stdout.splitlines() == [f"{k}\t{placement.get(k)}" for k in keys]
+    result = _run(PY, "inspect", "--twemproxy", str(config), "--pool", "alpha", "--keys",
+                  "5000", "--remove", "b", "--add", "127.0.0.1:11214:1 d", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    before = compat.twemproxy(config, pool="alpha")
+    after = compat.twemproxy({"servers": ["127.0.0.1:11211:1", "127.0.0.1:11213:2",
+                                          "127.0.0.1:11214:1 d"], "hash": "fnv1a_64"})
+    moved = sum(before.get(f"key:{i}") != after.get(f"key:{i}") for i in range(5000))
+    assert f"{moved:,} of 5,000 keys move" in result.stdout
+    assert "twemproxy placement: 3 servers" in result.stdout
+    # the config has two pools: which one is a usage error, before any output
+    result = _run(PY, "route", "--twemproxy", str(config), str(source), cwd=tmp_path)
+    _one_line_error(result, 2)
+    assert "2 pools" in result.stderr and result.stdout == ""
+    result = _run(PY, "inspect", "--twemproxy", str(config), "--pool", "alpha", "--remove",
+                  "zz", cwd=tmp_path)
+    _one_line_error(result, 2)
+    assert "'zz' is not one of the servers" in result.stderr and result.stdout == ""
+
+
+def test_route_with_libmemcached_servers(tmp_path: Path) -> None:
+    from ringkit import compat
+
+    keys = [f"user:{i}" for i in range(1000)]
+    source = tmp_path / "keys.txt"
+    source.write_text("\n".join(keys) + "\n")
+    servers = "10.0.0.1,10.0.0.2:11212=2,10.0.0.3:11213"
+    for extra, placement in (
+            ([], compat.libmemcached({"10.0.0.1": 1, "10.0.0.2:11212": 2, "10.0.0.3:11213": 1})),
+            (["--unweighted", "--hash", "fnv1a_32"],
+             compat.libmemcached({"10.0.0.1": 1, "10.0.0.2:11212": 2, "10.0.0.3:11213": 1},
+                                 weighted=False, hash="fnv1a_32"))):
+        result = _run(PY, "route", "--libmemcached", servers, *extra, str(source), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [f"{k}\t{placement.get(k)}" for k in keys]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nodes", "a", "--twemproxy", "x.yml"], "exactly one of"),
+    ([], "exactly one of"),
+    (["--nodes", "a", "--pool", "p"], "--pool goes with --twemproxy"),
+    (["--nodes", "a", "--hash", "md5"], "go with --libmemcached"),
+    (["--libmemcached", "a:1", "--ketama"], "go with --nodes"),
+    (["--libmemcached", "a:1=1.5"], "must be an integer"),
+    (["--libmemcached", "a:1", "--hash", "sha1"], "hash must be one of"),
+])
+def test_placement_source_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = _run(PY, "inspect", *args, cwd=tmp_path)
+    _one_line_error(result, 2)
+    assert message in result.stderr and result.stdout == ""

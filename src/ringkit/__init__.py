@@ -21,7 +21,9 @@ from ringkit.errors import (
     UnknownNodeError,
     WriteOutcome,
 )
+from ringkit.jumphash import JumpHash
 from ringkit.lock import AsyncLock, Lock
+from ringkit.rendezvous import Rendezvous
 from ringkit.replication import ReplicatedStore
 from ringkit.ring import HashRing, LoadStats, Movement, RingSnapshot
 
@@ -39,8 +41,10 @@ __all__ = [
     "NodeHealth",
     "EmptyRingError",
     "HashRing",
+    "JumpHash",
     "LoadStats",
     "Movement",
+    "Rendezvous",
     "ReplicatedStore",
     "RingSnapshot",
     "LockError",

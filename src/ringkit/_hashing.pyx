@@ -4,6 +4,10 @@
 Written from the published algorithms (Collet's XXH64 specification, Appleby's MurmurHash3,
 the FNV-1a definition of Fowler, Noll and Vo, and RFC 1321). Keys are hashed as bytes: str as
 UTF-8, bytes-like as their bytes, int as 8 little-endian two's-complement bytes.
+
+Beside them, the 32-bit key hashes of the programs that ringkit.compat routes like (twemproxy,
+libmemcached, uhashring), as those programs compute them: not exposed through hash64, reached
+through the program algorithm ids and key forms of _hashing.pxd.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -69,6 +73,7 @@ cdef extern from *:
     """
     uint64_t rk_load64(const uint8_t* p) noexcept nogil
     uint32_t rk_load32(const uint8_t* p) noexcept nogil
+    uint32_t RK_BSWAP32(uint32_t x) noexcept nogil
     uint64_t rk_rotl64(uint64_t x, int r) noexcept nogil
     uint32_t rk_rotl32(uint32_t x, int r) noexcept nogil
     void rk_prefetch(const void* p) noexcept nogil
@@ -328,6 +333,297 @@ cdef void md5_words(const uint8_t* data, size_t length, uint32_t* words) noexcep
 
 
 # --------------------------------------------------------------------------------------------------
+# Program hashes: the 32-bit key hashes of twemproxy (src/hashkit) and libmemcached (libhashkit),
+# and uhashring's, each as that program computes it, quirks included. Written from the
+# published algorithms and the programs' documented behaviour; tests/compat_models.py holds slow
+# models of each, proven against the real programs (tests/test_compat_models.py).
+#
+# Several of these C hashes widen a plain `char` to 32 or 64 bits, so a byte >= 0x80 enters them
+# sign-extended on the platforms where char is signed (x86-64, where the programs were run and
+# where most of them run): _sx32/_sx64 do that widening explicitly, so ringkit routes like an
+# x86-64 build of the program on every platform.
+
+cdef inline uint32_t _sx32(uint8_t b) noexcept nogil:
+    """(uint32_t)(signed char)b."""
+    return <uint32_t>b | (<uint32_t>0xFFFFFF00 if b & 0x80 else <uint32_t>0)
+
+cdef inline uint64_t _sx64(uint8_t b) noexcept nogil:
+    """(uint64_t)(signed char)b."""
+    return <uint64_t>b | (<uint64_t>0xFFFFFFFFFFFFFF00 if b & 0x80 else <uint64_t>0)
+
+cdef uint32_t _CRC32_TABLE[256]
+cdef uint32_t _CRC16_TABLE[256]
+
+cdef void _init_crc_tables() noexcept:
+    cdef uint32_t c, i, k
+    for i in range(256):
+        c = i
+        for k in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        _CRC32_TABLE[i] = c
+        c = i << 8
+        for k in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
+        _CRC16_TABLE[i] = c & 0xFFFF
+
+_init_crc_tables()
+
+cdef uint32_t one_at_a_time(const uint8_t* data, size_t length) noexcept nogil:
+    """Jenkins' one-at-a-time (libmemcached's "default" key hash)."""
+    cdef uint32_t value = 0
+    cdef size_t i
+    for i in range(length):
+        value += _sx32(data[i])
+        value += value << 10
+        value ^= value >> 6
+    value += value << 3
+    value ^= value >> 11
+    value += value << 15
+    return value
+
+cdef inline uint32_t _crc32(const uint8_t* data, size_t length) noexcept nogil:
+    """The standard (zlib) CRC-32."""
+    cdef uint32_t crc = 0xFFFFFFFF
+    cdef size_t i
+    for i in range(length):
+        crc = (crc >> 8) ^ _CRC32_TABLE[(crc ^ data[i]) & 0xFF]
+    return crc ^ 0xFFFFFFFFU
+
+cdef inline uint32_t _crc16(const uint8_t* data, size_t length) noexcept nogil:
+    """twemproxy's crc16: the XMODEM table step on a 32-bit state that is never cut to 16 bits."""
+    cdef uint32_t crc = 0
+    cdef size_t i
+    for i in range(length):
+        crc = (crc << 8) ^ _CRC16_TABLE[((crc >> 8) ^ data[i]) & 0xFF]
+    return crc
+
+cdef inline uint32_t _fnv1_64(const uint8_t* data, size_t length) noexcept nogil:
+    cdef uint64_t value = FNV_OFFSET
+    cdef size_t i
+    for i in range(length):
+        value *= FNV_PRIME
+        value ^= _sx64(data[i])
+    return <uint32_t>value
+
+cdef inline uint32_t _fnv1a_64(const uint8_t* data, size_t length) noexcept nogil:
+    """Both programs' "fnv1a_64": a 32-bit state seeded and multiplied with the low 32 bits of
+    the 64-bit FNV constants."""
+    cdef uint32_t value = <uint32_t>FNV_OFFSET
+    cdef uint32_t prime = <uint32_t>FNV_PRIME
+    cdef size_t i
+    for i in range(length):
+        value ^= _sx32(data[i])
+        value *= prime
+    return value
+
+cdef inline uint32_t _fnv1_32(const uint8_t* data, size_t length) noexcept nogil:
+    cdef uint32_t value = 0x811C9DC5
+    cdef size_t i
+    for i in range(length):
+        value *= 0x01000193
+        value ^= _sx32(data[i])
+    return value
+
+cdef inline uint32_t _fnv1a_32(const uint8_t* data, size_t length) noexcept nogil:
+    cdef uint32_t value = 0x811C9DC5
+    cdef size_t i
+    for i in range(length):
+        value ^= _sx32(data[i])
+        value *= 0x01000193
+    return value
+
+cdef inline uint32_t _get16(const uint8_t* p) noexcept nogil:
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8)
+
+cdef inline uint32_t _hsieh(const uint8_t* data, size_t length) noexcept nogil:
+    """Hsieh's SuperFastHash from 0 (not from the length); the third byte of a 3-byte tail is
+    read through a plain char."""
+    cdef uint32_t value = 0, tmp
+    cdef size_t blocks = length >> 2, i
+    cdef const uint8_t* p = data
+    if length == 0:
+        return 0
+    for i in range(blocks):
+        value += _get16(p)
+        tmp = (_get16(p + 2) << 11) ^ value
+        value = (value << 16) ^ tmp
+        p += 4
+        value += value >> 11
+    if (length & 3) == 3:
+        value += _get16(p)
+        value ^= value << 16
+        value ^= _sx32(p[2]) << 18
+        value += value >> 11
+    elif (length & 3) == 2:
+        value += _get16(p)
+        value ^= value << 11
+        value += value >> 17
+    elif (length & 3) == 1:
+        value += p[0]
+        value ^= value << 10
+        value += value >> 1
+    value ^= value << 3
+    value += value >> 5
+    value ^= value << 4
+    value += value >> 17
+    value ^= value << 25
+    value += value >> 6
+    return value
+
+cdef inline uint32_t _murmur2(const uint8_t* data, size_t length) noexcept nogil:
+    """MurmurHash2 (32-bit) seeded with (0xdeadbeef * length) ^ length, as both programs do."""
+    cdef uint32_t m = 0x5BD1E995
+    cdef uint32_t n32 = <uint32_t>length
+    cdef uint32_t value = (<uint32_t>0xDEADBEEF * n32) ^ n32
+    cdef uint32_t k
+    cdef const uint8_t* p = data
+    cdef size_t left = length
+    while left >= 4:
+        k = rk_load32(p)
+        k *= m
+        k ^= k >> 24
+        k *= m
+        value *= m
+        value ^= k
+        p += 4
+        left -= 4
+    if left == 3:
+        value ^= <uint32_t>p[2] << 16
+    if left >= 2:
+        value ^= <uint32_t>p[1] << 8
+    if left >= 1:
+        value ^= p[0]
+        value *= m
+    value ^= value >> 13
+    value *= m
+    value ^= value >> 15
+    return value
+
+cdef inline uint32_t _jenkins(const uint8_t* data, size_t length) noexcept nogil:
+    """Jenkins' lookup3 hashlittle with initval 13 (both programs' "jenkins")."""
+    cdef uint32_t a, b, c
+    cdef uint8_t tail[12]
+    cdef const uint8_t* p = data
+    cdef size_t left = length
+    a = b = c = <uint32_t>0xDEADBEEF + <uint32_t>length + 13
+    if length == 0:
+        return c
+    while left > 12:
+        a += rk_load32(p)
+        b += rk_load32(p + 4)
+        c += rk_load32(p + 8)
+        a -= c; a ^= rk_rotl32(c, 4); c += b
+        b -= a; b ^= rk_rotl32(a, 6); a += c
+        c -= b; c ^= rk_rotl32(b, 8); b += a
+        a -= c; a ^= rk_rotl32(c, 16); c += b
+        b -= a; b ^= rk_rotl32(a, 19); a += c
+        c -= b; c ^= rk_rotl32(b, 4); b += a
+        p += 12
+        left -= 12
+    memset(tail, 0, 12)
+    memcpy(tail, p, left)
+    a += rk_load32(tail)
+    b += rk_load32(tail + 4)
+    c += rk_load32(tail + 8)
+    c ^= b; c -= rk_rotl32(b, 14)
+    a ^= c; a -= rk_rotl32(c, 11)
+    b ^= a; b -= rk_rotl32(a, 25)
+    c ^= b; c -= rk_rotl32(b, 16)
+    a ^= c; a -= rk_rotl32(c, 4)
+    b ^= a; b -= rk_rotl32(a, 14)
+    c ^= b; c -= rk_rotl32(b, 24)
+    return c
+
+cdef uint32_t murmur3_32(const uint8_t* data, size_t length, uint32_t seed) noexcept nogil:
+    """MurmurHash3 x86_32 (pymemcache's rendezvous score, over code points masked to 8 bits)."""
+    cdef uint32_t c1 = 0xCC9E2D51, c2 = 0x1B873593
+    cdef uint32_t h = seed, k = 0
+    cdef const uint8_t* p = data
+    cdef size_t left = length
+    while left >= 4:
+        k = rk_load32(p)
+        k *= c1
+        k = rk_rotl32(k, 15)
+        k *= c2
+        h ^= k
+        h = rk_rotl32(h, 13)
+        h = h * 5 + 0xE6546B64U
+        p += 4
+        left -= 4
+    k = 0
+    if left == 3:
+        k ^= <uint32_t>p[2] << 16
+    if left >= 2:
+        k ^= <uint32_t>p[1] << 8
+    if left >= 1:
+        k ^= p[0]
+        k *= c1
+        k = rk_rotl32(k, 15)
+        k *= c2
+        h ^= k
+    h ^= <uint32_t>length
+    h ^= h >> 16
+    h *= 0x85EBCA6BU
+    h ^= h >> 13
+    h *= 0xC2B2AE35U
+    h ^= h >> 16
+    return h
+
+cdef uint64_t _program_hash(int algorithm, const uint8_t* data, size_t length,
+                            uint64_t seed) noexcept nogil:
+    """A program's key hash of data[0:length], after its key rules (FORM_* flags in `algorithm`;
+    `seed` carries the two hash_tag bytes)."""
+    cdef uint32_t words[4]
+    cdef size_t start, end
+    cdef uint8_t open_tag, close_tag
+    if algorithm & FORM_HASH_TAG:
+        # twemproxy's hash_tag "ab": hash the part after the first a and before the next b, when
+        # that part is not empty; otherwise the whole key.
+        open_tag = <uint8_t>(seed >> 8)
+        close_tag = <uint8_t>seed
+        start = 0
+        while start < length and data[start] != open_tag:
+            start += 1
+        if start < length:
+            end = start + 1
+            while end < length and data[end] != close_tag:
+                end += 1
+            if end < length and end - start > 1:
+                data = data + start + 1
+                length = end - start - 1
+    if algorithm & FORM_EMPTY_ZERO and length == 0:
+        return 0
+    algorithm = algorithm & PROGRAM_MASK
+    if algorithm == PROG_ONE_AT_A_TIME:
+        return one_at_a_time(data, length)
+    if algorithm == PROG_MD5 or algorithm == PROG_MD5_HIGH64:
+        md5_words(data, length, words)
+        if algorithm == PROG_MD5:
+            return words[0]
+        # uhashring's default ring: the digest read as a big-endian number; its top 64 bits.
+        return (<uint64_t>RK_BSWAP32(words[0]) << 32) | RK_BSWAP32(words[1])
+    if algorithm == PROG_CRC16:
+        return _crc16(data, length)
+    if algorithm == PROG_CRC32:
+        return (_crc32(data, length) >> 16) & 0x7FFF
+    if algorithm == PROG_CRC32A:
+        return _crc32(data, length)
+    if algorithm == PROG_FNV1_64:
+        return _fnv1_64(data, length)
+    if algorithm == PROG_FNV1A_64:
+        return _fnv1a_64(data, length)
+    if algorithm == PROG_FNV1_32:
+        return _fnv1_32(data, length)
+    if algorithm == PROG_FNV1A_32:
+        return _fnv1a_32(data, length)
+    if algorithm == PROG_HSIEH:
+        return _hsieh(data, length)
+    if algorithm == PROG_MURMUR:
+        return _murmur2(data, length)
+    return _jenkins(data, length)
+
+
+# --------------------------------------------------------------------------------------------------
 # Dispatch
 
 cdef inline uint64_t _hash_inline(int algorithm, const uint8_t* data, size_t length,
@@ -340,6 +636,8 @@ cdef uint64_t hash_bytes(int algorithm, const uint8_t* data, size_t length, uint
     cdef uint32_t words[4]
     if algorithm == ALGO_XXH64:
         return _xxh64(data, length, seed)
+    if algorithm > ALGO_MD5:
+        return _program_hash(algorithm, data, length, seed)
     if algorithm == ALGO_MURMUR3:
         return murmur3_64(data, length, seed)
     if algorithm == ALGO_FNV1A64:
@@ -427,12 +725,37 @@ cdef inline uint64_t _hash_str(object key, int algorithm, uint64_t seed,
                          f"position {exc.start}); lone surrogates are not valid keys") from None
     return hash_bytes(algorithm, <const uint8_t*>utf8, <size_t>size, seed)
 
+cdef object program_text(object key, int algorithm, str argname):
+    """The text a program hashes for a key that is not a str (FORM_TEXT, FORM_STR), or None for
+    a key it hashes as it is (bytes-like, under FORM_TEXT) or that no program takes."""
+    if PyBytes_Check(key) or isinstance(key, bytearray):
+        # str() of bytes is their repr: b"ab" is hashed as the 5 characters b'ab'.
+        return str(key) if algorithm & FORM_STR else None
+    if isinstance(key, memoryview):
+        if algorithm & FORM_STR:
+            raise TypeError(f"{argname}: a memoryview key would be hashed as str(key), which "
+                            f"is its address; pass bytes(key) (hashed as str(bytes))")
+        return None
+    if PyLong_Check(key) or isinstance(key, (np.integer, np.bool_)):
+        return str(key)
+    if PyIndex_Check(key) and not isinstance(key, np.ndarray):
+        try:
+            value = key.__index__()
+        except TypeError:
+            return None
+        return str(key) if algorithm & FORM_STR else str(value)
+    return None
+
 cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,
                           str argname) except? 0xFFFFFFFFFFFFFFFF:
     cdef Py_buffer view
     cdef uint64_t h
     if PyUnicode_Check(key):
         return _hash_str(key, algorithm, seed, argname)
+    if algorithm > ALGO_MD5:
+        text = program_text(key, algorithm, argname)
+        if text is not None:
+            return _hash_str(text, algorithm, seed, argname)
     if PyBytes_Check(key):
         return hash_bytes(algorithm, <const uint8_t*>PyBytes_AS_STRING(key),
                           <size_t>PyBytes_GET_SIZE(key), seed)
@@ -644,6 +967,14 @@ cdef int _hash_ndarray(object keys, int algorithm, uint64_t seed, uint64_t* out,
     cdef const uint32_t[::1] ucs4
     cdef Py_ssize_t n = keys.shape[0], width, bad
     cdef uint8_t* scratch
+    if algorithm > ALGO_MD5:
+        # Programs hash the text of an int key ("5", "True"), and under FORM_STR the text of a
+        # bytes key ("b'ab'").
+        if kind == "u" or kind == "i" or kind == "b":
+            return _hash_ndarray(keys.astype("U"), algorithm, seed, out, argname)
+        if kind == "S" and algorithm & FORM_STR:
+            return _hash_list([str(item) for item in keys.tolist()], algorithm, seed, out, n,
+                              argname)
     # Each kind is read through checked_input: an array that is misaligned, byte-swapped or
     # strided is read from an aligned native copy, never through a misaligned pointer.
     if kind == "u" or kind == "b":
@@ -726,6 +1057,9 @@ cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* o
     if arr.null_count:
         first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
         raise ValueError(f"{argname}[{base + first}] is null; null keys cannot be hashed")
+    if algorithm & FORM_STR and "binary" in type_name:
+        return _hash_list([str(item) for item in arr.to_pylist()], algorithm, seed, out, n,
+                          argname)
     offset_type = _ARROW_OFFSETS.get(type_name)
     if offset_type is None:
         if arr.type.__class__.__name__ == "DataType" and type_name.startswith(("int", "uint")):
@@ -843,3 +1177,58 @@ def hash64_many(keys: Iterable[Any] | npt.ArrayLike, algorithm: str = "xxh64",
     if target is not out:
         out[...] = target
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Program hashes, for ringkit.compat (not part of the public API)
+
+#: Key hash name (twemproxy's names; libmemcached's "crc" is twemproxy's "crc32") -> program id.
+PROGRAM_HASHES = {
+    "one_at_a_time": PROG_ONE_AT_A_TIME, "md5": PROG_MD5, "crc16": PROG_CRC16,
+    "crc32": PROG_CRC32, "crc32a": PROG_CRC32A, "fnv1_64": PROG_FNV1_64,
+    "fnv1a_64": PROG_FNV1A_64, "fnv1_32": PROG_FNV1_32, "fnv1a_32": PROG_FNV1A_32,
+    "hsieh": PROG_HSIEH, "murmur": PROG_MURMUR, "jenkins": PROG_JENKINS,
+    "md5_high64": PROG_MD5_HIGH64,
+}
+#: Key forms (or-ed into a program id): see _hashing.pxd.
+FORMS = {"text": FORM_TEXT, "str": FORM_STR, "hash_tag": FORM_HASH_TAG,
+         "empty_zero": FORM_EMPTY_ZERO}
+
+
+cdef int _program_id(object algorithm) except -1:
+    if isinstance(algorithm, bool) or not isinstance(algorithm, int):
+        raise TypeError("algorithm must be a program hash id")
+    if not PROG_ONE_AT_A_TIME <= (algorithm & PROGRAM_MASK) <= PROG_MD5_HIGH64 or \
+            algorithm & ~(PROGRAM_MASK | FORM_TEXT | FORM_STR | FORM_HASH_TAG | FORM_EMPTY_ZERO):
+        raise ValueError(f"algorithm {algorithm!r} is not a program hash id")
+    return algorithm
+
+
+def program_hash(key: Any, algorithm: int, seed: int = 0) -> int:
+    """One key's hash by a program's key hash (`algorithm`: a PROGRAM_HASHES id or-ed with FORMS;
+    `seed`: hash_tag's two bytes, open << 8 | close)."""
+    return hash_object(key, _program_id(algorithm), <uint64_t>seed, "key")
+
+
+def program_hash_many(keys: Iterable[Any] | npt.ArrayLike, algorithm: int,
+                      seed: int = 0) -> npt.NDArray[np.uint64]:
+    """A batch of keys hashed by a program's key hash (see program_hash)."""
+    cdef int algo = _program_id(algorithm)
+    batch = as_batch(keys, "keys")
+    cdef Py_ssize_t n = len(batch)
+    result = np.empty(n + 1, dtype=np.uint64)
+    cdef uint64_t[::1] rv = result
+    hash_batch(batch, algo, <uint64_t>seed, &rv[0], n, "keys")
+    return result[:n]
+
+
+def md5_digests(names: list[bytes]) -> npt.NDArray[np.uint32]:
+    """The MD5 digest of each bytes string, as four little-endian uint32 words: shape (n, 4)."""
+    cdef Py_ssize_t n = len(names), i
+    result = np.empty((n, 4), dtype=np.uint32)
+    cdef uint32_t[:, ::1] rv = result
+    cdef bytes name
+    for i in range(n):
+        name = names[i]
+        md5_words(<const uint8_t*><char*>name, len(name), &rv[i, 0])
+    return result

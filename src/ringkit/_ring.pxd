@@ -13,6 +13,9 @@ cdef class RingState:
     cdef readonly str algorithm
     cdef readonly object seed
     cdef readonly bint ketama
+    # A program continuum (ringkit.compat) whose lookup takes the first point strictly *after*
+    # the key's hash (uhashring's bisect_right), not at or after it.
+    cdef readonly bint after
     cdef readonly object points_array    # uint64[npoints], read-only
     cdef readonly object owners_array    # int32[npoints], read-only
     cdef readonly object index_array     # uint32[2**bits + 1], read-only
@@ -38,9 +41,13 @@ cdef class RingState:
 cdef inline uint64_t key_position(RingState st, uint64_t h) noexcept nogil:
     """The ring position of a key hashed to h: h itself, or on a ketama ring (32-bit points
     stored in the top half of a uint64) h << 32, so that "first point >= position" still holds.
-    RingState.key_hash and RingState.batch_hashes, the only ways keys reach a ring, go through
-    this one shift."""
-    return (h << 32) if st.ketama else h
+    On a continuum whose lookup takes the first point strictly after the hash (``after``), the
+    position is the next one up: (h << 32) | 0xFFFFFFFF, or h + 1 (which wraps past the last
+    point to 0, the first point, as the lookup wraps). RingState.key_hash and
+    RingState.batch_hashes, the only ways keys reach a ring, go through this one function."""
+    if st.ketama:
+        return (h << 32) | (<uint64_t>0xFFFFFFFF if st.after else <uint64_t>0)
+    return h + st.after
 
 
 cdef inline Py_ssize_t ring_find(RingState st, uint64_t h) noexcept nogil:

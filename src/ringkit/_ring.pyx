@@ -232,7 +232,7 @@ cdef class RingState:
         hashes = arr
         if n:
             hash_batch(batch, self.algo, self.seed_value, &hashes[0], n, argname)
-            if self.ketama:
+            if self.ketama or self.after:
                 with nogil:
                     for i in range(n):
                         hashes[i] = key_position(self, hashes[i])
@@ -281,6 +281,7 @@ cdef RingState _make_state(tuple nodes, tuple weights, tuple counts, int vnodes,
     st.algorithm = algorithm
     st.seed = seed
     st.ketama = ketama
+    st.after = False
     st.algo = ALGO_MD5 if ketama else parse_algorithm(algorithm)
     st.seed_value = parse_seed(st.algo, seed)
     st.seed = int(st.seed_value)  # a plain int however it was given (numpy), so to_dict is JSON
@@ -389,6 +390,45 @@ def build_ketama(nodes, weights, digests):
     _sort_in_place(points, owners)
     return _make_state(tuple(nodes), tuple(weights), tuple(4 * d for d in digests), 0, "md5", 0,
                        True, padded, owners)
+
+
+def build_program(nodes, weights, points, owners, int algorithm, seed, bint wide, bint after):
+    """A RingState for another program's continuum (ringkit.compat): `nodes` in the program's
+    server order with their `weights`, `points` (uint32 when not
+    `wide`, else uint64) already sorted, distinct, each owned by `owners[i]` (an index into
+    `nodes`, in the program's server order), probed with the program's key hash `algorithm` (a
+    PROG_* id or-ed with FORM_* flags, _hashing.pxd) and `seed` (the hash_tag bytes).
+
+    32-bit points are stored shifted into the top half, as ketama's are; `after` makes the lookup
+    take the first point strictly after the key's hash (uhashring) instead of at or after it.
+    The caller resolved equal points the way the program does (one owner per point).
+    """
+    cdef Py_ssize_t n = len(points)
+    if len(owners) != n:
+        raise ValueError("internal: points and owners differ in length")
+    if n > MAX_POINTS:
+        raise ValueError(f"the continuum has {n} points, more than the limit of {MAX_POINTS}")
+    if algorithm <= ALGO_MD5:
+        raise ValueError("internal: not a program hash")
+    values = np.asarray(points, dtype=np.uint64)
+    if not wide:
+        values = values << np.uint64(32)
+    if n > 1 and not bool(np.all(values[1:] > values[:n - 1])):
+        raise ValueError("internal: continuum points must be sorted and distinct")
+    padded = _points_buffer(n)
+    padded[:n] = values
+    owner_array = np.ascontiguousarray(owners, dtype=np.int32)
+    if n and (owner_array.min() < 0 or owner_array.max() >= len(nodes)):
+        raise ValueError("internal: continuum owner out of range")
+    counts = tuple(int(c) for c in np.bincount(owner_array, minlength=len(nodes)))
+    cdef RingState st = _make_state(tuple(nodes), tuple(float(w) for w in weights), counts,
+                                    0, "xxh64", 0, not wide, padded, owner_array)
+    st.algo = algorithm
+    st.seed_value = <uint64_t>seed
+    st.seed = int(seed)
+    st.algorithm = "program"
+    st.after = after
+    return st
 
 
 cdef _sort_in_place(object points, object owners):

@@ -163,6 +163,100 @@ def _make_ring(args: argparse.Namespace, nodes: dict[str, float]) -> ringkit.Has
         raise UsageError(f"--nodes/--vnodes: {exc}") from None
 
 
+class _Source:
+    """Where the placement comes from (--nodes, --twemproxy or --libmemcached), and how it is
+    rebuilt for --add / --remove."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        given = [flag for flag, value in (("--nodes", args.nodes),
+                                          ("--twemproxy", args.twemproxy),
+                                          ("--libmemcached", args.libmemcached)) if value]
+        if len(given) != 1:
+            raise UsageError("give exactly one of --nodes, --twemproxy FILE and "
+                             "--libmemcached SERVERS" + (f" (got {', '.join(given)})"
+                                                         if given else ""))
+        self.kind = given[0]
+        if args.pool is not None and self.kind != "--twemproxy":
+            raise UsageError("--pool goes with --twemproxy")
+        if (args.hash is not None or args.unweighted) and self.kind != "--libmemcached":
+            raise UsageError("--hash and --unweighted go with --libmemcached")
+        if self.kind != "--nodes" and (args.ketama or args.vnodes != 160):
+            raise UsageError(f"--ketama and --vnodes go with --nodes, not {self.kind}")
+        self.pool: dict[str, Any] = {}
+        self.servers: dict[str, float] = {}
+        if self.kind == "--twemproxy":
+            from ringkit.compat._twemproxy import load_pool
+            try:
+                _, pool = load_pool(args.twemproxy, args.pool)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"--twemproxy: {exc}") from None
+            self.pool = dict(pool)
+        elif self.kind == "--libmemcached":
+            self.servers = _parse_nodes(args.libmemcached, "--libmemcached")
+        else:
+            self.servers = _parse_nodes(args.nodes)
+
+    def build(self, servers: Any = None) -> Any:
+        """The placement, over `servers` (this source's form) if given."""
+        from ringkit import compat
+        try:
+            if self.kind == "--twemproxy":
+                pool = dict(self.pool)
+                if servers is not None:
+                    pool["servers"] = servers
+                return compat.twemproxy(pool)
+            chosen = self.servers if servers is None else servers
+            if self.kind == "--libmemcached":
+                weights = {}
+                for name, weight in chosen.items():
+                    if weight != int(weight):
+                        raise ValueError(f"weight of {name!r} must be an integer, got {weight}")
+                    weights[name] = int(weight)
+                return compat.libmemcached(weights, weighted=not self.args.unweighted,
+                                           hash=self.args.hash or "default")
+        except (TypeError, ValueError, OSError) as exc:
+            raise UsageError(f"{self.kind}: {exc}") from None
+        return _make_ring(self.args, chosen)
+
+    def changed(self, add: list[str], remove: list[str], names: Sequence[str]) -> Any:
+        """The placement after --add and --remove (checked; UsageError naming the flag)."""
+        if self.kind == "--twemproxy":
+            from ringkit.compat._twemproxy import parse_server
+            specs = list(self.pool.get("servers") or [])
+            for name in remove:
+                kept = [s for s in specs
+                        if not isinstance(s, str) or parse_server(s, "servers").name != name]
+                if len(kept) == len(specs):
+                    raise UsageError(f"--remove: {name!r} is not one of the servers "
+                                     f"({', '.join(names)})")
+                specs = kept
+            for spec in add:
+                try:
+                    new = parse_server(spec, "--add")
+                except (TypeError, ValueError) as exc:
+                    raise UsageError(str(exc)) from None
+                if new.name in names:
+                    raise UsageError(f"--add: {new.name!r} is already one of the servers")
+                specs.append(spec)
+            if not specs:
+                raise UsageError("--remove: that would leave no server")
+            return self.build(specs)
+        changed = dict(self.servers)
+        for name in remove:
+            if name not in changed:
+                raise UsageError(f"--remove: {name!r} is not one of the nodes")
+            del changed[name]
+        for item in add:
+            for name, weight in _parse_nodes(item, "--add").items():
+                if name in changed:
+                    raise UsageError(f"--add: {name!r} is already one of the nodes")
+                changed[name] = weight
+        if not changed:
+            raise UsageError("--remove: that would leave no node")
+        return self.build(changed)
+
+
 def _decoded(stream: Any, source: str) -> Iterator[str]:
     """The lines of a binary stream as text; a line that is not UTF-8 is an error naming its
     line number (not a byte offset in the whole input)."""
@@ -198,24 +292,12 @@ def _read_lines(path: str) -> list[str]:
 def _inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    nodes = _parse_nodes(args.nodes)
-    ring = _make_ring(args, nodes)
+    source = _Source(args)
+    placement = source.build()
     # Every argument is checked before anything is printed.
     after = None
     if args.add or args.remove:
-        changed = dict(ring.weights)
-        for name in args.remove or []:
-            if name not in changed:
-                raise UsageError(f"--remove: {name!r} is not one of the nodes")
-            del changed[name]
-        for item in args.add or []:
-            for name, weight in _parse_nodes(item, "--add").items():
-                if name in changed:
-                    raise UsageError(f"--add: {name!r} is already one of the nodes")
-                changed[name] = weight
-        if not changed:
-            raise UsageError("--remove: that would leave no node")
-        after = _make_ring(args, changed)
+        after = source.changed(args.add or [], args.remove or [], placement.nodes)
     if args.plot:
         _check_plot(args.plot)
     if args.keys_file is not None:
@@ -225,30 +307,59 @@ def _inspect(args: argparse.Namespace) -> int:
             raise UsageError(f"--keys must be at least 1, got {args.keys}")
         keys = [f"key:{i}" for i in range(args.keys)]
     out = sys.stdout
-    shares = ring.shares()
-    load = ring.load(keys)
-    width = max(len(n) for n in ring.nodes)
-    out.write(f"{ring!r}\n{len(keys):,} keys\n\n")
+    names = list(placement.nodes)
+    weights = dict(getattr(placement, "weights", None) or {})
+    shares = _shares_of(placement)
+    counts = np.bincount(placement.get_many(keys), minlength=len(names))
+    total = int(counts.sum())
+    total_weight = sum(weights.values()) if weights else float(len(names))
+    expected = [total * (weights.get(n, 1.0) if weights else 1.0) / total_weight for n in names]
+    width = max(len(n) for n in names)
+    out.write(f"{placement!r}\n{len(keys):,} keys\n\n")
     out.write(f"{'node':<{width}}  {'weight':>7}  {'ring share':>10}  {'keys':>10}  "
               f"{'key share':>9}  {'vs fair':>7}\n")
-    for name in ring.nodes:
-        count = load.counts[name]
-        fair = load.expected[name]
-        out.write(f"{name:<{width}}  {ring.weights[name]:>7g}  {shares[name]:>10.2%}  "
-                  f"{count:>10,}  {count / load.total:>9.2%}  "
-                  f"{(count / fair if fair else 0.0):>6.3f}x\n")
-    out.write(f"\nmax/mean load: {load.max_over_mean:.3f}  (worst node vs its weighted share: "
-              f"{load.max_over_expected:.3f})\n")
+    for i, name in enumerate(names):
+        count = int(counts[i])
+        share = f"{shares[name]:>10.2%}" if shares else f"{'-':>10}"
+        weight = f"{weights[name]:>7g}" if weights else f"{'-':>7}"
+        out.write(f"{name:<{width}}  {weight}  {share}  {count:>10,}  {count / total:>9.2%}  "
+                  f"{(count / expected[i] if expected[i] else 0.0):>6.3f}x\n")
+    ratios = [c / e for c, e in zip(counts.tolist(), expected) if e > 0]
+    out.write(f"\nmax/mean load: {counts.max() / (total / len(names)):.3f}  (worst node vs its "
+              f"weighted share: {max(ratios) if ratios else 0.0:.3f})\n")
     if after is not None:
-        moved = ring.movement(after, keys)
-        out.write(f"\nafter the change: {moved.count:,} of {moved.total:,} keys move "
-                  f"({moved.fraction:.2%})\n")
-        for (src, dst), count in sorted(moved.flows.items(), key=lambda kv: -kv[1]):
+        moved, flows = _movement(placement, after, keys)
+        out.write(f"\nafter the change: {moved:,} of {len(keys):,} keys move "
+                  f"({moved / len(keys):.2%})\n")
+        for (src, dst), count in sorted(flows.items(), key=lambda kv: -kv[1]):
             out.write(f"  {src} -> {dst}: {count:,}\n")
     if args.plot:
-        _plot(args.plot, ring, shares, load, np)
+        _plot(args.plot, names, shares, counts, expected, np)
         out.write(f"\nplot written to {args.plot}\n")
     return 0
+
+
+def _shares_of(placement: Any) -> dict[str, float]:
+    """Each node's share of the hash space, for placements that have points (rings)."""
+    from ringkit._ring import RingBase
+    from ringkit.ring import _shares
+
+    if isinstance(placement, RingBase):
+        return _shares(placement._ring_state)
+    return {}
+
+
+def _movement(before: Any, after: Any, keys: list[str]) -> tuple[int, dict[tuple[str, str], int]]:
+    """How many keys route to another node (by name) after the change, and the flows."""
+    import numpy as np
+
+    a = np.array(before.nodes, dtype=object)[before.get_many(keys)]
+    b = np.array(after.nodes, dtype=object)[after.get_many(keys)]
+    moved = a != b
+    flows: dict[tuple[str, str], int] = {}
+    for src, dst in zip(a[moved].tolist(), b[moved].tolist()):
+        flows[(src, dst)] = flows.get((src, dst), 0) + 1
+    return int(moved.sum()), flows
 
 
 def _check_plot(path: str) -> None:
@@ -262,21 +373,23 @@ def _check_plot(path: str) -> None:
         raise UsageError(f"--plot: cannot write {path!r} (no such folder, or not writable)")
 
 
-def _plot(path: str, ring: ringkit.HashRing, shares: dict[str, float], load: Any,
-          np: Any) -> None:
+def _plot(path: str, names: list[str], shares: dict[str, float], counts: Any,
+          expected: list[float], np: Any) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(ring.nodes)
+    total = int(counts.sum())
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.5), 4))
-    ax.bar(x - 0.2, [shares[n] for n in names], 0.4, label="ring share")
-    ax.bar(x + 0.2, [load.counts[n] / load.total for n in names], 0.4, label="key share")
+    if shares:
+        ax.bar(x - 0.2, [shares[n] for n in names], 0.4, label="ring share")
+    ax.bar(x + 0.2, counts / total, 0.4, label="key share")
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("share")
-    ax.set_title(f"{len(names)} nodes, {load.total:,} keys: worst node at "
-                 f"{load.max_over_expected:.3f}x its weighted share")
+    worst = max((c / e for c, e in zip(counts.tolist(), expected) if e > 0), default=0.0)
+    ax.set_title(f"{len(names)} nodes, {total:,} keys: worst node at {worst:.3f}x its "
+                 f"weighted share")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -286,7 +399,7 @@ def _plot(path: str, ring: ringkit.HashRing, shares: dict[str, float], load: Any
 def _route(args: argparse.Namespace) -> int:
     import csv
 
-    ring = _make_ring(args, _parse_nodes(args.nodes))
+    ring = _Source(args).build()
     source = args.file
     stream = _open_binary(source)
     lines = _decoded(stream, _source_name(source))
@@ -369,14 +482,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_ring_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", required=True, metavar="NAME[=WEIGHT],...",
-                        help="the nodes, comma separated, each with an optional =weight; a "
-                             "name may hold colons (memcached servers: 10.0.0.1, "
-                             "10.0.0.2:11212=2)")
-    parser.add_argument("--vnodes", type=int, default=160,
-                        help="points per unit of weight (default 160)")
-    parser.add_argument("--ketama", action="store_true",
-                        help="libketama-compatible placement (memcached clients)")
+    group = parser.add_argument_group(
+        "placement (exactly one of --nodes, --twemproxy, --libmemcached)")
+    group.add_argument("--nodes", metavar="NAME[=WEIGHT],...",
+                       help="a ringkit ring over these nodes, comma separated, each with an "
+                            "optional =weight; a name may hold colons (memcached servers: "
+                            "10.0.0.1, 10.0.0.2:11212=2)")
+    group.add_argument("--vnodes", type=int, default=160,
+                       help="with --nodes: points per unit of weight (default 160)")
+    group.add_argument("--ketama", action="store_true",
+                       help="with --nodes: libketama's continuum (HashRing.ketama)")
+    group.add_argument("--twemproxy", metavar="FILE",
+                       help="route as nutcracker does with this YAML configuration "
+                            "(ringkit.compat.twemproxy); --add takes 'host:port:weight [name]'")
+    group.add_argument("--pool", metavar="P", help="with --twemproxy: the pool (needed when "
+                                                   "the file has several)")
+    group.add_argument("--libmemcached", metavar="HOST:PORT[=WEIGHT],...",
+                       help="route as libmemcached's ketama does (ringkit.compat.libmemcached): "
+                            "KETAMA_WEIGHTED unless --unweighted; integer weights")
+    group.add_argument("--unweighted", action="store_true",
+                       help="with --libmemcached: plain KETAMA (100 key-hash points a server)")
+    group.add_argument("--hash", metavar="NAME",
+                       help="with --libmemcached: the key hash (default, md5, crc, fnv1_64, "
+                            "fnv1a_64, fnv1_32, fnv1a_32, murmur, jenkins)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -279,6 +279,12 @@ class HashRing(_RingView):
         changes rebuild the ring (as libketama does) instead of merging. libketama computes the
         shares in single precision: weights whose total overflows or underflows a float32 are
         refused with a ValueError.
+
+        This is libketama's continuum. twemproxy and libmemcached compute their digest counts
+        differently (in single precision throughout, which drops a digest at 25, 50, 100, ...
+        equal servers), libmemcached's plain KETAMA is another continuum altogether, and
+        uhashring's ketama takes the first point strictly above the key: to route exactly like
+        one of them, use :mod:`ringkit.compat` (``twemproxy``, ``libmemcached``, ``uhashring``).
         """
         ring = cls.__new__(cls)
         ring._write_lock = threading.Lock()

@@ -610,3 +610,25 @@ def test_placements_count_keys_alike_across_kinds() -> None:
         assert names_of(placement, np.array(keys)) == single
         assert names_of(placement, pa.array(keys, type=pa.large_string())) == single
         assert Counter(single).keys() <= set(placement.nodes)
+
+
+@pytest.mark.parametrize("n, low, high", [(5, 1.0, 1.0), (25, 0.95, 0.99), (50, 0.95, 0.99)])
+def test_hashring_ketama_is_libketama_not_twemproxy(n: int, low: float, high: float) -> None:
+    """libketama's double-precision product keeps a digest that twemproxy's single-precision one
+    drops at 25 and 50 equal servers: README's figures for why compat.twemproxy exists."""
+    servers = [f"127.0.0.1:{20000 + i}" for i in range(n)]
+    twemproxy = compat.twemproxy({"servers": [f"{s}:1" for s in servers], "hash": "md5"})
+    ketama = ringkit.HashRing.ketama(servers)
+    keys = [f"k{i}" for i in range(100_000)]
+    agree = float(np.mean(np.array(names_of(twemproxy, keys)) == np.array(names_of(ketama, keys))))
+    assert low <= agree <= high, agree
+    assert (len(twemproxy.points) == len(ketama.points)) == (n == 5)
+
+
+def test_rendezvous_extreme_weights_keep_their_ratios() -> None:
+    keys = [f"k{i}" for i in range(100_000)]
+    huge = Rendezvous({"a": 1e308, "b": 1e308, "c": 5e307})
+    counts = np.bincount(huge.get_many(keys), minlength=3) / len(keys)
+    assert np.allclose(counts, [0.4, 0.4, 0.2], atol=0.01), counts
+    tiny = Rendezvous({"a": 1e-300, "b": 1.0})
+    assert (tiny.get_many(keys) == 1).all()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-COMPILED_MODULES = ["ringkit._arrays", "ringkit._hashing", "ringkit._ring", "ringkit._select"]
+COMPILED_MODULES = ["ringkit._arrays", "ringkit._hashing", "ringkit._ring", "ringkit._select",
+                    "ringkit._placement"]
 # Cython adds pickling helpers (__reduce_cython__, ...) that no stub should declare.
 ALLOWLIST = Path(__file__).with_name("stubtest-allowlist.txt")
 

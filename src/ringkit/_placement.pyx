@@ -153,6 +153,10 @@ def build_rendezvous(nodes, weights, str algorithm, seed):
                            st.seed_value)
     w = np.ones(max(n, 1), dtype=np.float64)
     w[:n] = st.weight_values
+    if n:
+        # Scores compare weights by their ratios only: scaled to at most 1, no score overflows
+        # (a weight of 1e308 over -ln(u) near 1e-16 would be inf and tie).
+        w /= w[:n].max()
     seeds.flags.writeable = False
     w.flags.writeable = False
     st.node_seeds_array = seeds
@@ -338,6 +342,8 @@ cdef inline bint _is_int(object key):
 
 cdef uint64_t _jump_key(JumpState st, object key, str argname) except? 0xFFFFFFFFFFFFFFFF:
     """An int key as jump.hash takes it (its value modulo 2**64), any other through hash64."""
+    if isinstance(key, str):
+        return hash_object(key, st.algo, st.seed_value, argname)
     if _is_int(key):
         return <uint64_t>(int(key) & 0xFFFFFFFFFFFFFFFF)
     return hash_object(key, st.algo, st.seed_value, argname)

@@ -33,8 +33,8 @@ import pytest
 # Versions recorded in the JSON beside the figures, so a table always says what it measured.
 # Every peer a bench file compares with is here, so the README names the version it beat (or not).
 PACKAGES = ("ringkit", "numpy", "pyarrow", "xxhash", "mmh3", "uhashring", "fastring", "hashring",
-            "jump-consistent-hash", "roundrobin", "redis", "hiredis", "python-redis-lock",
-            "pottery", "matplotlib", "pytest-benchmark", "Cython")
+            "jump-consistent-hash", "pymemcache", "roundrobin", "redis", "hiredis",
+            "python-redis-lock", "pottery", "matplotlib", "pytest-benchmark", "Cython")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:

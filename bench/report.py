@@ -26,7 +26,9 @@ keys/s-against-batch table and plot; rows that record `load_spread` are not timi
 load-spread table and plot. Benchmarks without extra_info are read with their median only.
 
 In each group, every row is compared with each reference row (the alternatives a user would pick):
-"vs X" is X's median over the row's median, so above 1 means the row is faster than X.
+"vs X" is X's median over the row's median, so above 1 means the row is faster than X; per key
+when the two rows process different numbers of keys (a Python loop of 100,000 beside a batch of
+1,000,000).
 
 Rendering uses the standard library only (the tests render README's section without the bench
 dependencies); matplotlib is imported only to draw the plots.
@@ -57,6 +59,7 @@ SPREAD_PNG = "ring-load-spread.png"
 CAPABILITIES = (
     ("Hashing", ("bench_hashing.py",)),
     ("Ring", ("bench_ring.py", "bench_scaling.py")),
+    ("Placements", ("bench_compat.py",)),
     ("Load balancing", ("bench_balancer.py",)),
     ("Locks", ("bench_lock.py",)),
     ("Replication", ("bench_replication.py",)),
@@ -79,6 +82,10 @@ class Row:
     series: str | None = None  # keys/s against batch size: the library ...
     batch_size: int | None = None  # ... and the batch of one call
     note: str | None = None  # a remark on the series (e.g. where it stops)
+    # bench_compat.py's "which placement" rows: keys moved by a change, memory (not timed)
+    moves: dict[str, float] | None = None
+    n_nodes: int | None = None
+    memory_bytes: int | None = None
 
     @property
     def ns_per_key(self) -> float | None:
@@ -186,6 +193,9 @@ def parse(data: dict[str, Any]) -> Results:
             series=info.get("series"),
             batch_size=info.get("batch_size"),
             note=info.get("series_note"),
+            moves={k: float(v) for k, v in info.items() if k.startswith("moved_")} or None,
+            n_nodes=info.get("n_nodes"),
+            memory_bytes=info.get("memory_bytes"),
         )
         groups.setdefault(name, Group(name)).rows.append(row)
     for group in groups.values():
@@ -258,6 +268,20 @@ def fmt_target(value: float, short: str) -> str:
     return f"{value:,.0f}" if abs(value) >= 10_000 else short
 
 
+def ratio(ref: Row, row: Row) -> float:
+    """ref's time over row's: per call, or per key when the two rows process different numbers
+    of keys (a loop of 100,000 keys beside a batch of 1,000,000)."""
+    if ref.n_keys and row.n_keys and ref.n_keys != row.n_keys:
+        return (ref.median / ref.n_keys) / (row.median / row.n_keys)
+    return ref.median / row.median
+
+
+def mixed_sizes(groups: Sequence[Group]) -> bool:
+    """Whether some group compares rows that process different numbers of keys."""
+    return any(len({row.n_keys for row in g.rows if row.n_keys}) > 1
+               for g in groups if not g.is_scaling)
+
+
 METRIC_UNITS = {"ns_per_key": "ns/key", "keys_per_s": "keys/s", "gb_per_s": "GB/s", "speedup": "x"}
 
 
@@ -270,7 +294,7 @@ def check_target(group: Group, row: Row, target: dict[str, Any]) -> TargetCheck:
     figure: float | None
     if metric == "speedup":
         other = group.row(vs) if vs else None
-        figure = other.median / row.median if other else None
+        figure = ratio(other, row) if other else None
     else:
         figure = getattr(row, metric, None)
     if figure is None or math.isnan(figure):
@@ -418,10 +442,36 @@ def summary_table(groups: Sequence[Group]) -> list[str]:
         row = group.headline()
         if row is None:
             continue
-        ratios = "; ".join(f"{fmt_ratio(ref.median / row.median)} {ref.label}"
+        ratios = "; ".join(f"{fmt_ratio(ratio(ref, row))} {ref.label}"
                            for ref in group.references)
         lines.append(md_row([group.name, row.label, fmt_time(row.median), fmt_per_item(row),
                              fmt_throughput(row), ratios or "—"]))
+    return lines
+
+
+def placement_table(groups: Sequence[Group]) -> list[str]:
+    """The "which placement" rows: keys moved by adding or removing one node, and memory."""
+    rows = sorted((row for g in groups for row in g.rows if row.moves is not None),
+                  key=lambda r: (r.n_nodes or 0, r.label))
+    if not rows:
+        return []
+
+    def pct(row: Row, key: str) -> str:
+        value = (row.moves or {}).get(key)
+        return "—" if value is None else f"{value:.2%}"
+
+    lines = [md_row(["placement", "nodes", "adding one moves", "removing one moves",
+                     "memory beyond the names"]), "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        moves = row.moves or {}
+        removed = (pct(row, "moved_remove") if "moved_remove" in moves else
+                   f"last: {pct(row, 'moved_remove_last')}, first: "
+                   f"{pct(row, 'moved_remove_first')}")
+        name = row.label.removeprefix("ringkit ").removesuffix(".get_many")
+        lines.append(md_row([name, f"{row.n_nodes:,}" if row.n_nodes else "?",
+                             pct(row, "moved_add"), removed,
+                             f"{row.memory_bytes:,} B" if row.memory_bytes is not None
+                             else "?"]))
     return lines
 
 
@@ -439,7 +489,10 @@ def render_readme(results: Results) -> str:
            "for). Per call: the median of the benchmark's rounds (a Python loop of one call per "
            "key is timed whole); per item (key, pick, operation) and throughput come from it. "
            "\"vs peers\": each alternative's median over ringkit's in the same group, so above "
-           "1 ringkit is faster. GB = 10^9 bytes.", ""]
+           "1 ringkit is faster"
+           + ("; per key where the two process different numbers of keys (a loop beside a "
+              "batch)" if mixed_sizes(results.groups) else "")
+           + ". GB = 10^9 bytes.", ""]
     by_capability: dict[str, list[Group]] = {}
     for group in results.groups:  # already in capability order
         by_capability.setdefault(capability_of(group.module), []).append(group)
@@ -453,6 +506,10 @@ def render_readme(results: Results) -> str:
                     "100 nodes x 160 vnodes):", "", *scaling_table(groups), "",
                     f"![keys/s against batch size]({(README_PLOTS / SCALING_PNG).as_posix()})",
                     ""]
+        moved = placement_table(groups)
+        if moved:
+            out += ["Keys moved by a change of nodes (of the 1,000,000 keys) and memory, "
+                    "measured beside the rows above:", "", *moved, ""]
         if title == "Ring" and results.spreads:
             out += ["Load spread against vnodes:", "", *spread_table(results.spreads), "",
                     f"![load spread against vnodes]({(README_PLOTS / SPREAD_PNG).as_posix()})",

@@ -306,6 +306,41 @@ cdef inline int32_t jump_bucket(uint64_t key, int32_t buckets) noexcept nogil:
     return <int32_t>b
 
 
+cdef enum:
+    LANES = 8
+
+
+cdef void jump_many(const uint64_t* keys, Py_ssize_t n, int32_t buckets,
+                    int32_t* out) noexcept nogil:
+    """jump_bucket of each key, LANES keys in step: their divisions are independent, so the
+    CPU overlaps them instead of waiting on one chain (the same arithmetic, the same answers)."""
+    cdef uint64_t k[LANES]
+    cdef int64_t b[LANES]
+    cdef int64_t j[LANES]
+    cdef Py_ssize_t base = 0, lane, stop
+    cdef bint running
+    while base + LANES <= n:
+        for lane in range(LANES):
+            k[lane] = keys[base + lane]
+            b[lane] = -1
+            j[lane] = 0
+        running = True
+        while running:
+            running = False
+            for lane in range(LANES):
+                if j[lane] < buckets:
+                    b[lane] = j[lane]
+                    k[lane] = k[lane] * <uint64_t>2862933555777941757ULL + 1
+                    j[lane] = <int64_t>(<double>(b[lane] + 1) *
+                                        (<double>(1LL << 31) / <double>((k[lane] >> 33) + 1)))
+                    running = True
+        for lane in range(LANES):
+            out[base + lane] = <int32_t>b[lane]
+        base += LANES
+    for lane in range(base, n):
+        out[lane] = jump_bucket(keys[lane], buckets)
+
+
 @cython.final
 cdef class JumpState:
     """One immutable jump placement: node names in bucket order."""
@@ -362,12 +397,23 @@ cdef object _jump_keys(JumpState st, object batch, Py_ssize_t n, str argname):
             return _jump_keys(st, batch.to_numpy(zero_copy_only=False), n, argname)
         return _hashes(batch, n, st.algo, st.seed_value, argname)[:n]
     if isinstance(batch, (list, tuple)):
-        if any(_is_int(k) for k in batch):
-            out = np.empty(n, dtype=np.uint64)
-            for i, key in enumerate(batch):
-                out[i] = _jump_key(st, key, f"{argname}[{i}]")
-            return out
+        return _jump_list(st, batch, n, argname)
     return _hashes(batch, n, st.algo, st.seed_value, argname)[:n]
+
+
+cdef object _jump_list(JumpState st, object batch, Py_ssize_t n, str argname):
+    """A list's jump keys in one pass: ints as their value modulo 2**64, str and bytes-like
+    keys through hash64 (an error names the item)."""
+    out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] ov = out
+    cdef Py_ssize_t i
+    for i in range(n):
+        key = batch[i]
+        if type(key) is str:
+            ov[i] = hash_object(key, st.algo, st.seed_value, argname)
+        else:
+            ov[i] = _jump_key(st, key, f"{argname}[{i}]")
+    return out
 
 
 cdef class JumpBase:
@@ -413,9 +459,9 @@ cdef class JumpBase:
         cdef const uint64_t[::1] kv = _jump_keys(st, batch, n, "keys")
         cdef int32_t[::1] rv = result
         cdef int32_t buckets = st.buckets
-        with nogil:
-            for i in range(n):
-                rv[i] = jump_bucket(kv[i], buckets)
+        if n:
+            with nogil:
+                jump_many(&kv[0], n, buckets, &rv[0])
         return result
 
     @property
@@ -600,14 +646,18 @@ cdef class MurmurRendezvousBase:
         """The server pymemcache's HashClient sends `key` to."""
         text = _format_key(key, "key")
         cdef Py_ssize_t length = len(text)
-        cdef uint8_t* scratch = <uint8_t*>PyMem_Malloc(self.longest + length + 1)
-        if scratch == NULL:
-            raise MemoryError()
+        cdef uint8_t small[256]
+        cdef uint8_t* scratch = small
+        if self.longest + length + 1 > 256:
+            scratch = <uint8_t*>PyMem_Malloc(self.longest + length + 1)
+            if scratch == NULL:
+                raise MemoryError()
         try:
             _mask_text(text, scratch + self.longest)
             return self._names[self._best(scratch + self.longest, length, scratch)]
         finally:
-            PyMem_Free(scratch)
+            if scratch != small:
+                PyMem_Free(scratch)
 
     def __getitem__(self, key):
         """``placement[key]`` is ``placement.get(key)``."""
@@ -692,7 +742,12 @@ cdef tuple _masked_texts(object batch, Py_ssize_t n, str argname):
         if kind.startswith(("int", "uint", "bool")):
             return _masked_texts(batch.to_numpy(zero_copy_only=False), n, argname)
         batch = batch.to_pylist()
-    texts = [_format_key(key, f"{argname}[{i}]") for i, key in enumerate(batch)]
+    texts = []
+    for key in batch:
+        if type(key) is str:
+            texts.append(key)
+        else:
+            texts.append(_format_key(key, f"{argname}[{len(texts)}]"))
     starts = np.zeros(n + 1, dtype=np.int64)
     if n:
         starts[1:] = np.cumsum([len(t) for t in texts])

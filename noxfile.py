@@ -3,6 +3,7 @@ hand elsewhere cannot hide a missing dependency, and runs the suite against the 
 
     python3 -m nox -s tests          # the interpreter nox runs on (what CI runs)
     python3 -m nox -s matrix         # CPython 3.10, 3.11, 3.12 and 3.13, where installed
+    python3 -m nox -s libmemcached   # the libmemcached compat proofs, pylibmc built from source
     python3 -m nox -s bench          # the benchmark suite and its report (Python 3.13 for fastring)
     python3 -m nox -s ubsan          # kernel tests under the UB and address sanitizers (Linux)
     RINGKIT_BENCH_README=1 python3 -m nox -s bench   # ... and README.md's benchmark section
@@ -49,6 +50,30 @@ def matrix(session: nox.Session) -> None:
     _run_tests(session)
 
 
+@nox.session
+def libmemcached(session: nox.Session) -> None:
+    """tests/test_compat_models.py's libmemcached proofs against pylibmc compiled from source on
+    the system's libmemcached (needs libmemcached-dev; Debian 12: 1.1.4).
+
+    The ``tests`` session gets pylibmc's binary wheel, which bundles libmemcached 1.0.16, so the
+    model of the other version is proved here. RINGKIT_LIBMEMCACHED_VERSION (e.g. 1.1.4, as
+    .ci/run sets it) makes the tests fail unless pylibmc is linked to that version.
+
+    Only the test extra's requirements are installed, not ringkit: the compat tests import none
+    of it, and its build would take longer than the tests.
+    """
+    session.install("--upgrade", "pip")
+    test = nox.project.load_toml("pyproject.toml")["project"]["optional-dependencies"]["test"]
+    # pylibmc whatever the Python and platform (the extra takes it only where a wheel exists)
+    requirements = [r.split(";")[0].strip() if r.startswith("pylibmc") else r for r in test]
+    session.install("--no-binary", "pylibmc", *requirements)
+    session.run("python", "-c", "import pylibmc; print('pylibmc', pylibmc.__version__, "
+                "'linked to libmemcached', pylibmc.libmemcached_version)")
+    session.run("python", "-m", "pytest",
+                *(session.posargs or ["-q", "-k", "libmemcached", "tests/test_compat_models.py"]),
+                env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
 @nox.session(python="3.13")
 def bench(session: nox.Session) -> None:
     """The benchmark suite beside the peer libraries, then the markdown tables and plots.
@@ -78,6 +103,7 @@ KERNEL_TESTS = [
     "tests/test_balancer_health.py",
     "tests/test_balancer_threads.py",
     "tests/test_kernel_memory.py",
+    "tests/test_compat.py",
 ]
 
 
@@ -125,8 +151,9 @@ def ubsan(session: nox.Session) -> None:
 
 _CHECK_SANITIZED = """
 import sys
-import ringkit._arrays, ringkit._hashing, ringkit._ring, ringkit._select
-for module in (ringkit._arrays, ringkit._hashing, ringkit._ring, ringkit._select):
+import ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._ring, ringkit._select
+for module in (ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._ring,
+               ringkit._select):
     data = open(module.__file__, "rb").read()
     if b"__ubsan_handle" not in data or b"__asan_" not in data:
         sys.exit(f"{module.__file__} is not built with the sanitizers")

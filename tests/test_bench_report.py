@@ -28,8 +28,8 @@ REPORT = ROOT / "bench" / "report.py"
 README = ROOT / "README.md"
 RUN = ROOT / "bench" / "results" / "readme.json"
 CAPABILITY_MODULES = ("bench_hashing.py", "bench_ring.py", "bench_scaling.py",
-                      "bench_compat.py", "bench_balancer.py", "bench_lock.py", "bench_replication.py",
-                      "bench_faults.py")
+                      "bench_compat.py", "bench_balancer.py", "bench_lock.py",
+                      "bench_replication.py", "bench_faults.py")
 
 
 

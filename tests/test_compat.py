@@ -632,3 +632,14 @@ def test_rendezvous_extreme_weights_keep_their_ratios() -> None:
     assert np.allclose(counts, [0.4, 0.4, 0.2], atol=0.01), counts
     tiny = Rendezvous({"a": 1e-300, "b": 1.0})
     assert (tiny.get_many(keys) == 1).all()
+
+
+def test_libmemcached_weighted_continuum_probed_with_one_at_a_time() -> None:
+    """MEMCACHED_HASH_DEFAULT set after KETAMA_WEIGHTED: the weighted points, the default hash."""
+    servers = {f"10.3.0.{i}:{20000 + i}": 1 + i % 3 for i in range(1, 30)}
+    placement = compat.libmemcached(servers, hash="one_at_a_time")
+    model = models.LibmemcachedClient([f"{s}:{w}" for s, w in servers.items()],
+                                      {"hash": "default", "distribution": "consistent weighted"})
+    keys = some_keys(random.Random(7), 1000)
+    assert names_of(placement, keys) == [model.server_name(as_text(k)) for k in keys]
+    assert placement.algorithm == "one_at_a_time"

@@ -507,6 +507,14 @@ def jump_hash(key, num_buckets):
 # --------------------------------------------------------------------------------------------------
 # twemproxy's modula distribution: a table with each server repeated `weight` times
 
+cdef inline uint64_t _slot(uint64_t h, uint64_t size) noexcept nogil:
+    """h % size; in 32 bits when both fit (program hashes are 32-bit; a 64-bit division costs
+    several times a 32-bit one)."""
+    if h <= 0xFFFFFFFFU and size <= 0xFFFFFFFFU:
+        return <uint32_t>h % <uint32_t>size
+    return h % size
+
+
 cdef class ModulaBase:
     """A key hash modulo a table of servers (twemproxy ``distribution: modula``)."""
     cdef readonly tuple _names
@@ -533,8 +541,8 @@ cdef class ModulaBase:
 
     def get(self, key):
         """The server at ``table[hash(key) % len(table)]``."""
-        return self._names[self.slots[hash_object(key, self.algo, self.seed_value, "key")
-                                      % self.size]]
+        return self._names[self.slots[_slot(hash_object(key, self.algo, self.seed_value, "key"),
+                                            self.size)]]
 
     def __getitem__(self, key):
         """``placement[key]`` is ``placement.get(key)``."""
@@ -549,7 +557,7 @@ cdef class ModulaBase:
         cdef int32_t[::1] rv = result
         with nogil:
             for i in range(n):
-                rv[i] = self.slots[hv[i] % self.size]
+                rv[i] = self.slots[_slot(hv[i], self.size)]
         return result
 
     @property

@@ -26,6 +26,10 @@ HASHES: dict[str, str] = {
     "default": "one_at_a_time", "md5": "md5", "crc": "crc32", "fnv1_64": "fnv1_64",
     "fnv1a_64": "fnv1a_64", "fnv1_32": "fnv1_32", "fnv1a_32": "fnv1a_32", "murmur": "murmur",
     "jenkins": "jenkins",
+    # Not a libmemcached name: "default" here means md5 under KETAMA_WEIGHTED (which sets it), so
+    # the weighted continuum probed with one-at-a-time (MEMCACHED_HASH_DEFAULT set after
+    # KETAMA_WEIGHTED) is asked for by the algorithm's name.
+    "one_at_a_time": "one_at_a_time",
 }
 _POINTS_PER_SERVER = 100     # plain KETAMA: points per server, each a key hash of "name-i"
 
@@ -91,7 +95,9 @@ def libmemcached(servers: Iterable[str] | Mapping[str, int], *, weighted: bool =
 
     ``hash`` names the key hash as libmemcached does: default, md5, crc, fnv1_64, fnv1a_64,
     fnv1_32, fnv1a_32, murmur, jenkins ("hsieh" is not compiled into libmemcached's builds and is
-    refused). pylibmc applies its "hash" behavior before "ketama_weighted", so with
+    refused); ``"one_at_a_time"`` is libmemcached's default hash by its algorithm's name, for the
+    weighted continuum probed with it (``MEMCACHED_HASH_DEFAULT`` set *after*
+    ``KETAMA_WEIGHTED``). pylibmc applies its "hash" behavior before "ketama_weighted", so with
     ``ketama_weighted`` its key hash is always md5 whatever "hash" says: pass the default here.
 
     Servers are named as libmemcached names them: "host" on port 11211, else "host:port".

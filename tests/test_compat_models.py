@@ -348,6 +348,25 @@ def _keys_in_tie_interval(pool: Any, value: int, prefix: bytes, want: int) -> li
     return keys
 
 
+#: Server names of the "long" pool: nutcracker writes each point name "name-i" into a
+#: KETAMA_MAX_HOSTLEN (273) buffer, so every point name of the 300-byte server is the same 272
+#: bytes, and those of the 270-byte one are cut after the first digit of i.
+LONG_NAMES = ["T" * 300, "Tm" * 135, "Tshort"]
+#: Server names of the "exact" pool: with hash md5 the key "name-i" hashes to the first MD5
+#: word of "name-i", i.e. exactly onto that server's point (a point equal to the hash wins).
+EXACT_NAMES = ["Texact-a", "Texact-b", "Texact-c", "Texact-d"]
+
+
+def _twemproxy_extra_pools() -> dict[str, tuple[list[str], int, list[bytes]]]:
+    """case id -> (server names, index of the first fleet server, keys); hash md5."""
+    exact_keys = [f"{name}-{i}".encode() for name in EXACT_NAMES for i in range(40)]
+    return {
+        "long": (LONG_NAMES, 30, make_keys(random.Random("long"), 600, b"Tlong.")),
+        "exact": (EXACT_NAMES, 40,
+                  exact_keys + make_keys(random.Random("exact"), 200, b"Texact.")),
+    }
+
+
 class TwemproxyRun:
     def __init__(self) -> None:
         self.expected: dict[str, dict[bytes, Any]] = {}   # case id -> key -> address
@@ -384,6 +403,12 @@ def twemproxy_run(fleet, tmp_path_factory):  # type: ignore[no-untyped-def]
         keys += make_keys(random.Random(f"tie{variant}"), 200, b"Tie%d:" % variant)
         pools[case_id] = pool
         plans[case_id] = (model, address_of, keys)
+    for case_id, (names, first_server, keys) in _twemproxy_extra_pools().items():
+        specs = [f"127.0.0.1:{fleet.tcp[first_server + j].port}:1 {name}"
+                 for j, name in enumerate(names)]
+        pools[case_id] = {"hash": "md5", "timeout": 10000, "servers": specs}
+        address_of = {name: fleet.tcp[first_server + j].address for j, name in enumerate(names)}
+        plans[case_id] = (models.TwemproxyPool(specs, hash="md5"), address_of, keys)
     renamed = {f"pool_{k:03d}": pool for k, pool in enumerate(pools.values())}
     proxy = memcached_procs.start_nutcracker_on_free_ports(
         renamed, tmp_path_factory.mktemp("nutcracker"))
@@ -412,7 +437,8 @@ def _check_placement(expected: dict[bytes, Any], where: dict[bytes, list[Any]],
                        f"first: {wrong[:5]}")
 
 
-@pytest.mark.parametrize("case", TWEMPROXY_CASES + [{"id": "tie-0"}, {"id": "tie-1"}],
+@pytest.mark.parametrize("case", TWEMPROXY_CASES + [{"id": i} for i in ("tie-0", "tie-1", "long",
+                                                                        "exact")],
                          ids=lambda c: c["id"])
 def test_twemproxy_model_places_every_key_like_nutcracker(case, twemproxy_run):  # type: ignore[no-untyped-def]
     run = twemproxy_run
@@ -440,6 +466,23 @@ def test_twemproxy_tie_goes_to_the_first_server_in_name_order(twemproxy_run):  #
         tied = [name for key, name in names.items() if key.startswith(b"Tie%d." % variant)]
         assert set(tied) == {winner}
         assert set(names.values()) == {first, second}
+
+
+def test_twemproxy_key_on_a_point_stays_on_that_point(twemproxy_run):  # type: ignore[no-untyped-def]
+    """The "exact" pool's keys "name-i" hash onto a point of server "name" itself: the first
+    point >= the hash is that point (a first point > the hash would be the next one)."""
+    names = twemproxy_run.names["exact"]
+    on_points = {key: name for key, name in names.items() if not key.startswith(b"Texact.")}
+    assert len(on_points) == 40 * len(EXACT_NAMES)
+    assert all(key.startswith(name.encode() + b"-") for key, name in on_points.items())
+
+
+def test_twemproxy_long_names_share_their_points(twemproxy_run):  # type: ignore[no-untyped-def]
+    """The 300-byte name has the 4 points of one cut name (repeated), the 270-byte one those
+    of "name-" plus one digit: the short name, with all its 160 points, takes most keys."""
+    names = list(twemproxy_run.names["long"].values())
+    assert set(names) == set(LONG_NAMES)
+    assert names.count("Tshort") > len(names) // 2
 
 
 def test_twemproxy_model_refuses_random_and_unknown_settings():
@@ -641,15 +684,21 @@ def _pylibmc_crashes(servers: list[Any], behaviors: dict[str, Any]) -> bool:
 
 def test_libmemcached_crashes_where_the_model_refuses(pylibmc):  # type: ignore[no-untyped-def]
     """1.1.4: a consistent distribution aborts past 100 servers, modula does not. 1.0.16:
-    ``ketama`` plus one weight-10 server among 11 overruns the continuum buffer; 6 do not."""
+    ``ketama`` plus one weight-10 server (the 4th) overruns the continuum buffer from 7 servers
+    on (segfault); 6 do not, nor 11 whose first server is the heavy one."""
     version = _libmc_version(pylibmc)
     many = [f"127.0.0.1:{20000 + i}" for i in range(101)]
-    weighted = lambda n: [f"127.0.0.1:{20000 + i}" + (":10" if i == 3 else "")  # noqa: E731
-                          for i in range(n)]
+    def weighted(n: int, heavy: int = 3) -> list[str]:
+        return [f"127.0.0.1:{20000 + i}" + (":10" if i == heavy else "") for i in range(n)]
+
     for servers, behaviors in [(many, {"ketama": True}), (many[:100], {"ketama": True}),
                                (many, {}), (many, {"ketama_weighted": True}),
                                (weighted(11), {"ketama": True}),
                                (weighted(6), {"ketama": True}),
+                               # 1.0.16: the first overrun (7 servers), none when the weight
+                               # comes first (the buffer is sized for weighted points)
+                               (weighted(7), {"ketama": True}),
+                               (weighted(11, heavy=0), {"ketama": True}),
                                (weighted(11), {"ketama_weighted": True})]:
         try:
             models.LibmemcachedClient(servers, behaviors, version=version)
@@ -670,6 +719,28 @@ def test_libmemcached_behaviors_as_pylibmc_reports_them(pylibmc):  # type: ignor
         got = client.get_behaviors()
         assert got["hash"] == model.hash_name, behaviors
         assert got["distribution"] == model.distribution, behaviors
+
+
+@pytest.mark.parametrize("distribution", ["consistent", "consistent ketama",
+                                          "consistent weighted", "consistent ketama spy"])
+def test_libmemcached_distribution_after_ketama_weighted(pylibmc, distribution):  # type: ignore[no-untyped-def]
+    """``distribution`` is applied after ``ketama_weighted`` (which forced md5): "consistent"
+    and "consistent ketama" clear the weighted flag (100 md5 points per server), "consistent
+    weighted" keeps it, "consistent ketama spy" leaves it (equal weights: nothing else sets it).
+    """
+    version = _libmc_version(pylibmc)
+    behaviors = {"ketama_weighted": True, "distribution": distribution}
+    for n in (2, 5, 25):
+        rng = random.Random(f"libmc-dist-{distribution}-{n}")
+        servers = _libmc_servers(n, rng, "mixed", [1] * n)
+        model = models.LibmemcachedClient(servers, behaviors, version=version)
+        assert model.hash_name == "md5"
+        assert model.weighted == (distribution in ("consistent weighted",
+                                                   "consistent ketama spy"))
+        client = pylibmc.Client(servers, behaviors=behaviors)
+        assert client.get_behaviors()["distribution"] == distribution
+        for key in _pylibmc_hash_keys(rng, 300, b"D"):
+            assert client.hash(key) == model.index(key), (n, key)
 
 
 def test_libmemcached_refuses_hsieh_and_model_agrees(pylibmc):  # type: ignore[no-untyped-def]
@@ -865,6 +936,23 @@ def test_uhashring_model_equals_package(uhashring, hash_fn):  # type: ignore[no-
     assert checked > 100_000
 
 
+def test_uhashring_key_on_a_point_goes_past_it(uhashring):  # type: ignore[no-untyped-def]
+    """The key "name-i" hashes exactly onto a point of node "name" (both rings hash it like the
+    point name): the lookup takes the first point strictly greater, mostly another node's."""
+    nodes = [f"node{j}" for j in range(10)]
+    for hash_fn in (None, "ketama"):
+        ring = uhashring.HashRing(nodes, hash_fn=hash_fn)
+        model = models.UhashringRing(nodes, hash_fn=hash_fn)
+        moved = 0
+        for node in nodes:
+            for i in range(40):
+                key = f"{node}-{i}"
+                assert model.key_hash(key) in model._ring
+                assert ring.get_node(key) == model.get_node(key), (hash_fn, key)
+                moved += model.get_node(key) != node
+        assert moved > 200, hash_fn
+
+
 def test_uhashring_formats_keys_with_str(uhashring):  # type: ignore[no-untyped-def]
     for hash_fn in (None, "ketama"):
         model = models.UhashringRing([f"n{j}" for j in range(50)], hash_fn=hash_fn)
@@ -991,26 +1079,30 @@ def test_pymemcache_formats_keys_and_names(pymemcache):  # type: ignore[no-untyp
     assert models.pymemcache_murmur3_32("\u00e9") == models.pymemcache_murmur3_32("\u01e9")
 
 
-def test_pymemcache_ties_take_the_greater_name(pymemcache):  # type: ignore[no-untyped-def]
+def test_pymemcache_ties_take_the_greater_name(pymemcache, monkeypatch):  # type: ignore[no-untyped-def]
     """Exact score ties (a 3-bit hash makes them common): the winner becomes
-    max(str(node), str(winner))."""
+    max(str(node), str(winner)). The model scores with this coarse hash too."""
     from pymemcache.client.rendezvous import RendezvousHash
 
+    murmur = models.pymemcache_murmur3_32
+
     def coarse(text: str, seed: int = 0) -> int:
-        return models.pymemcache_murmur3_32(text, seed) & 0x7
+        return murmur(text, seed) & 0x7
 
     nodes = [f"n{j}" for j in (5, 12, 3, 40, 7, 1)]
     ring = RendezvousHash(list(nodes), hash_function=coarse)
+    monkeypatch.setattr(models, "pymemcache_murmur3_32", coarse)
+    model = models.PymemcacheRendezvous(nodes, names_given=True)
+    ties = 0
     for j in range(3000):
         key = f"k{j}"
-        best, winner = -1, None
-        for node in nodes:      # the model's rule, with the coarse score
-            score = coarse(f"{node}-{key}")
-            if score > best:
-                best, winner = score, node
-            elif score == best:
-                winner = max(str(node), str(winner))
-        assert ring.get_node(key) == winner
+        scores = [coarse(f"{node}-{key}") for node in nodes]
+        top = [node for node, score in zip(nodes, scores) if score == max(scores)]
+        if len(top) > 1:
+            ties += 1
+            assert model.get_node(key) == max(top)
+        assert ring.get_node(key) == model.get_node(key)
+    assert ties > 1000
 
 
 def test_pymemcache_against_hypothesis_keys(pymemcache):  # type: ignore[no-untyped-def]

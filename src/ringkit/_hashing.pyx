@@ -333,6 +333,182 @@ cdef void md5_words(const uint8_t* data, size_t length, uint32_t* words) noexcep
 
 
 # --------------------------------------------------------------------------------------------------
+# MD5 over four short keys at once (RFC 1321; the batch paths of the md5 key hashes)
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #  include <emmintrin.h>
+    #  define RK_MD5X4_SSE2 1
+    #else
+    #  define RK_MD5X4_SSE2 0
+    #endif
+    static const uint32_t rk_md5x4_k[64] = {
+        0xd76aa478U, 0xe8c7b756U, 0x242070dbU, 0xc1bdceeeU, 0xf57c0fafU, 0x4787c62aU, 0xa8304613U, 0xfd469501U,
+        0x698098d8U, 0x8b44f7afU, 0xffff5bb1U, 0x895cd7beU, 0x6b901122U, 0xfd987193U, 0xa679438eU, 0x49b40821U,
+        0xf61e2562U, 0xc040b340U, 0x265e5a51U, 0xe9b6c7aaU, 0xd62f105dU, 0x02441453U, 0xd8a1e681U, 0xe7d3fbc8U,
+        0x21e1cde6U, 0xc33707d6U, 0xf4d50d87U, 0x455a14edU, 0xa9e3e905U, 0xfcefa3f8U, 0x676f02d9U, 0x8d2a4c8aU,
+        0xfffa3942U, 0x8771f681U, 0x6d9d6122U, 0xfde5380cU, 0xa4beea44U, 0x4bdecfa9U, 0xf6bb4b60U, 0xbebfbc70U,
+        0x289b7ec6U, 0xeaa127faU, 0xd4ef3085U, 0x04881d05U, 0xd9d4d039U, 0xe6db99e5U, 0x1fa27cf8U, 0xc4ac5665U,
+        0xf4292244U, 0x432aff97U, 0xab9423a7U, 0xfc93a039U, 0x655b59c3U, 0x8f0ccc92U, 0xffeff47dU, 0x85845dd1U,
+        0x6fa87e4fU, 0xfe2ce6e0U, 0xa3014314U, 0x4e0811a1U, 0xf7537e82U, 0xbd3af235U, 0x2ad7d2bbU, 0xeb86d391U
+    };
+    static const int rk_md5x4_s[64] = {
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+        5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20,
+        4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+        6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21
+    };
+    static inline int rk_md5x4_g(int i) {
+        if (i < 16) return i;
+        if (i < 32) return (5 * i + 1) & 15;
+        if (i < 48) return (3 * i + 5) & 15;
+        return (7 * i) & 15;
+    }
+    /* One 64-byte block per lane (blocks: 4 x 64 bytes, lane after lane), from the initial
+       state: out[lane][0..3] are that lane's digest words. The four lanes' rounds run side by
+       side: in SSE2 registers where there are some, else in plain arrays. */
+    static void rk_md5x4_block(const uint8_t *blocks, uint32_t out[4][4]) {
+        int i, lane;
+    #if RK_MD5X4_SSE2
+        __m128i w[16], a, b, c, d, f, t, ones = _mm_set1_epi32(-1);
+        for (i = 0; i < 16; i++)
+            w[i] = _mm_set_epi32((int)rk_load32(blocks + 192 + 4 * i),
+                                 (int)rk_load32(blocks + 128 + 4 * i),
+                                 (int)rk_load32(blocks + 64 + 4 * i),
+                                 (int)rk_load32(blocks + 4 * i));
+        a = _mm_set1_epi32((int)0x67452301U); b = _mm_set1_epi32((int)0xEFCDAB89U);
+        c = _mm_set1_epi32((int)0x98BADCFEU); d = _mm_set1_epi32((int)0x10325476U);
+        for (i = 0; i < 64; i++) {
+            if (i < 16) f = _mm_or_si128(_mm_and_si128(b, c), _mm_andnot_si128(b, d));
+            else if (i < 32) f = _mm_or_si128(_mm_and_si128(d, b), _mm_andnot_si128(d, c));
+            else if (i < 48) f = _mm_xor_si128(_mm_xor_si128(b, c), d);
+            else f = _mm_xor_si128(c, _mm_or_si128(b, _mm_xor_si128(d, ones)));
+            t = _mm_add_epi32(_mm_add_epi32(a, f),
+                              _mm_add_epi32(_mm_set1_epi32((int)rk_md5x4_k[i]),
+                                            w[rk_md5x4_g(i)]));
+            t = _mm_or_si128(_mm_sll_epi32(t, _mm_cvtsi32_si128(rk_md5x4_s[i])),
+                             _mm_srl_epi32(t, _mm_cvtsi32_si128(32 - rk_md5x4_s[i])));
+            a = d; d = c; c = b;
+            b = _mm_add_epi32(b, t);
+        }
+        {
+            uint32_t va[4], vb[4], vc[4], vd[4];
+            _mm_storeu_si128((__m128i *)va, _mm_add_epi32(a, _mm_set1_epi32((int)0x67452301U)));
+            _mm_storeu_si128((__m128i *)vb, _mm_add_epi32(b, _mm_set1_epi32((int)0xEFCDAB89U)));
+            _mm_storeu_si128((__m128i *)vc, _mm_add_epi32(c, _mm_set1_epi32((int)0x98BADCFEU)));
+            _mm_storeu_si128((__m128i *)vd, _mm_add_epi32(d, _mm_set1_epi32((int)0x10325476U)));
+            for (lane = 0; lane < 4; lane++) {
+                out[lane][0] = va[lane]; out[lane][1] = vb[lane];
+                out[lane][2] = vc[lane]; out[lane][3] = vd[lane];
+            }
+        }
+    #else
+        uint32_t w[16][4], a[4], b[4], c[4], d[4], f, t;
+        for (i = 0; i < 16; i++)
+            for (lane = 0; lane < 4; lane++)
+                w[i][lane] = rk_load32(blocks + 64 * lane + 4 * i);
+        for (lane = 0; lane < 4; lane++) {
+            a[lane] = 0x67452301U; b[lane] = 0xEFCDAB89U;
+            c[lane] = 0x98BADCFEU; d[lane] = 0x10325476U;
+        }
+        for (i = 0; i < 64; i++) {
+            for (lane = 0; lane < 4; lane++) {
+                if (i < 16) f = (b[lane] & c[lane]) | (~b[lane] & d[lane]);
+                else if (i < 32) f = (d[lane] & b[lane]) | (~d[lane] & c[lane]);
+                else if (i < 48) f = b[lane] ^ c[lane] ^ d[lane];
+                else f = c[lane] ^ (b[lane] | ~d[lane]);
+                t = a[lane] + f + rk_md5x4_k[i] + w[rk_md5x4_g(i)][lane];
+                t = (t << rk_md5x4_s[i]) | (t >> (32 - rk_md5x4_s[i]));
+                a[lane] = d[lane]; d[lane] = c[lane]; c[lane] = b[lane];
+                b[lane] = b[lane] + t;
+            }
+        }
+        for (lane = 0; lane < 4; lane++) {
+            out[lane][0] = a[lane] + 0x67452301U; out[lane][1] = b[lane] + 0xEFCDAB89U;
+            out[lane][2] = c[lane] + 0x98BADCFEU; out[lane][3] = d[lane] + 0x10325476U;
+        }
+    #endif
+    }
+    """
+    void rk_md5x4_block(const uint8_t* blocks, uint32_t out[4][4]) noexcept nogil
+
+cdef enum:
+    # Keys of at most this many bytes fit MD5's one-block padding (the 0x80 byte, the length).
+    MD5_ONE_BLOCK = 55
+
+
+cdef struct Md5Lanes:
+    # Up to four keys waiting for rk_md5x4_block: their bytes, lengths and places in `out`.
+    const uint8_t* data[4]
+    size_t length[4]
+    Py_ssize_t index[4]
+    int count
+
+
+cdef inline bint md5_lanes_take(int algorithm) noexcept nogil:
+    """Whether batches of `algorithm` go through Md5Lanes: the md5 key hashes, without hash_tag
+    (whose hashed part is found per key)."""
+    if algorithm == ALGO_MD5:
+        return True
+    if algorithm <= ALGO_MD5 or algorithm & FORM_HASH_TAG:
+        return False
+    return (algorithm & PROGRAM_MASK) == PROG_MD5 or (algorithm & PROGRAM_MASK) == PROG_MD5_HIGH64
+
+
+cdef inline uint64_t _md5_result(int algorithm, const uint32_t* words, size_t length) noexcept nogil:
+    """What hash_bytes returns for a key whose MD5 words are `words`."""
+    if algorithm == ALGO_MD5:
+        return (<uint64_t>words[1] << 32) | words[0]
+    if algorithm & FORM_EMPTY_ZERO and length == 0:
+        return 0
+    if (algorithm & PROGRAM_MASK) == PROG_MD5:
+        return words[0]
+    return (<uint64_t>RK_BSWAP32(words[0]) << 32) | RK_BSWAP32(words[1])
+
+
+cdef void md5_lanes_flush(Md5Lanes* lanes, int algorithm, uint64_t* out) noexcept nogil:
+    """Hash the waiting keys into out (short ones four at a time), and empty the lanes."""
+    cdef uint8_t blocks[256]
+    cdef uint32_t digests[4][4]
+    cdef uint32_t words[4]
+    cdef int lane, i
+    cdef size_t length
+    cdef uint64_t bits
+    if lanes.count == 0:
+        return
+    memset(blocks, 0, 256)
+    for lane in range(lanes.count):
+        length = lanes.length[lane]
+        if length <= MD5_ONE_BLOCK:
+            memcpy(blocks + 64 * lane, lanes.data[lane], length)
+            blocks[64 * lane + length] = 0x80
+            bits = (<uint64_t>length) << 3
+            for i in range(8):
+                blocks[64 * lane + 56 + i] = <uint8_t>(bits >> (8 * i))
+    rk_md5x4_block(blocks, digests)
+    for lane in range(lanes.count):
+        length = lanes.length[lane]
+        if length <= MD5_ONE_BLOCK:
+            out[lanes.index[lane]] = _md5_result(algorithm, &digests[lane][0], length)
+        else:
+            md5_words(lanes.data[lane], length, words)
+            out[lanes.index[lane]] = _md5_result(algorithm, words, length)
+    lanes.count = 0
+
+
+cdef inline void md5_lanes_add(Md5Lanes* lanes, int algorithm, const uint8_t* data, size_t length,
+                               Py_ssize_t index, uint64_t* out) noexcept nogil:
+    """Queue one key (its bytes must stay valid until the next flush); four make a flush."""
+    lanes.data[lanes.count] = data
+    lanes.length[lanes.count] = length
+    lanes.index[lanes.count] = index
+    lanes.count += 1
+    if lanes.count == 4:
+        md5_lanes_flush(lanes, algorithm, out)
+
+
+# --------------------------------------------------------------------------------------------------
 # Program hashes: the 32-bit key hashes of twemproxy (src/hashkit) and libmemcached (libhashkit),
 # and uhashring's, each as that program computes it, quirks included. Written from the
 # published algorithms and the programs' documented behaviour; tests/compat_models.py holds slow
@@ -843,11 +1019,16 @@ cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, Py
     cdef PyObject** items
     cdef PyObject* raw
     cdef object item
+    cdef Md5Lanes lanes
+    cdef bint md5 = md5_lanes_take(algorithm)
+    lanes.count = 0
     # A list can be changed by another thread while we read it: hold its critical section (a no-op
     # where the GIL exists). Exact ASCII str items, the common case, are hashed through a borrowed
     # pointer: nothing in that path runs Python code that could change the list. Anything else
     # takes a strong reference first, and may run Python code (__index__, __buffer__) that
-    # changes the list, so the item array and its size are read again after it.
+    # changes the list, so the item array and its size are read again after it. The md5 hashes
+    # queue borrowed pointers four at a time (Md5Lanes): the queue is flushed before any item
+    # that may run Python code, so no queued pointer outlives its item.
     try:
         with cython.critical_section(keys):
             if _sequence_size(keys) != n:
@@ -858,15 +1039,22 @@ cdef int _hash_list(object keys, int algorithm, uint64_t seed, uint64_t* out, Py
                 if i + 8 < n:
                     rk_prefetch(items[i + 8])
                 if PyUnicode_CheckExact_PTR(raw) and PyUnicode_IS_COMPACT_ASCII_PTR(raw):
-                    out[i] = _hash_inline(algorithm, <const uint8_t*>PyUnicode_DATA_PTR(raw),
-                                          <size_t>PyUnicode_GET_LENGTH_PTR(raw), seed)
+                    if md5:
+                        md5_lanes_add(&lanes, algorithm,
+                                      <const uint8_t*>PyUnicode_DATA_PTR(raw),
+                                      <size_t>PyUnicode_GET_LENGTH_PTR(raw), i, out)
+                    else:
+                        out[i] = _hash_inline(algorithm, <const uint8_t*>PyUnicode_DATA_PTR(raw),
+                                              <size_t>PyUnicode_GET_LENGTH_PTR(raw), seed)
                 else:
+                    md5_lanes_flush(&lanes, algorithm, out)
                     item = <object>raw
                     out[i] = hash_object(item, algorithm, seed, argname)
                     if _sequence_size(keys) != n:
                         raise RuntimeError(f"{argname} changed size while being hashed")
                     items = PySequence_Fast_ITEMS(keys)
                 i += 1
+            md5_lanes_flush(&lanes, algorithm, out)
     except (TypeError, ValueError, OverflowError) as exc:
         # Point at the offending item: "keys: ..." becomes "keys[i]: ...".
         message = str(exc)
@@ -947,12 +1135,20 @@ cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data,
     """Hash arrow-layout items data[offsets[i]:offsets[i+1]]; returns -1, or the first bad index."""
     cdef Py_ssize_t i
     cdef int64_t start = offsets[0], stop
+    cdef Md5Lanes lanes
+    cdef bint md5 = md5_lanes_take(algorithm)
+    lanes.count = 0
     for i in range(n):
         stop = offsets[i + 1]
         if start < 0 or stop < start or stop > data_len:
+            md5_lanes_flush(&lanes, algorithm, out)
             return i
-        out[i] = _hash_inline(algorithm, data + start, <size_t>(stop - start), seed)
+        if md5:
+            md5_lanes_add(&lanes, algorithm, data + start, <size_t>(stop - start), i, out)
+        else:
+            out[i] = _hash_inline(algorithm, data + start, <size_t>(stop - start), seed)
         start = stop
+    md5_lanes_flush(&lanes, algorithm, out)
     return -1
 
 cdef object _UINT64 = np.dtype(np.uint64)

@@ -371,8 +371,22 @@ def test_pymemcache_server_forms() -> None:
         compat.pymemcache("10.0.0.1:1")
     with pytest.raises(ValueError, match="empty"):
         compat.pymemcache([])
-    with pytest.raises(TypeError, match="key"):
-        placement.get(1.5)
+    with pytest.raises(TypeError, match="memoryview"):
+        placement.get(memoryview(b"ab"))
+
+
+def test_uhashring_and_pymemcache_format_any_key() -> None:
+    """Both format keys with str() / f-strings: None, floats and tuples route as their text."""
+    nodes = [f"10.0.0.{i}:11211" for i in range(1, 8)]
+    odd: list[Any] = [None, 1.5, (1, 2), True, 2**70, -0.0]
+    ring = compat.uhashring(nodes)
+    reference = uhashring_package.HashRing(nodes)
+    assert [ring.get(k) for k in odd] == [reference.get_node(k) for k in odd]
+    assert names_of(ring, np.array(odd, dtype=object)) == [reference.get_node(k) for k in odd]
+    client = compat.pymemcache(nodes)
+    hasher = RendezvousHash(nodes)
+    assert [client.get(k) for k in odd] == [hasher.get_node(k) for k in odd]
+    assert names_of(client, odd) == [hasher.get_node(k) for k in odd]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -920,6 +920,9 @@ cdef object program_text(object key, int algorithm, str argname):
         except TypeError:
             return None
         return str(key) if algorithm & FORM_STR else str(value)
+    if algorithm & FORM_STR:
+        # uhashring formats every key with str(): None routes as "None", 1.5 as "1.5".
+        return str(key)
     return None
 
 cdef uint64_t hash_object(object key, int algorithm, uint64_t seed,

@@ -588,12 +588,14 @@ cdef inline void _mask_text(str text, uint8_t* out) noexcept:
 
 
 cdef str _format_key(object key, str argname):
-    """The text pymemcache formats a key into (f"{key}"), for the key types it is given."""
+    """The text pymemcache formats a key into: f"{key}", whatever the key (b"ab" -> "b'ab'",
+    None -> "None"), except a memoryview, whose text is its address."""
     if isinstance(key, str):
         return <str>key
-    if isinstance(key, (bytes, bytearray)) or _is_int(key):
-        return format(key, "")
-    raise TypeError(f"{argname} must be a str, bytes or int key, got {type(key).__name__}")
+    if isinstance(key, memoryview):
+        raise TypeError(f"{argname}: a memoryview key would be formatted as its address; pass "
+                        f"bytes(key)")
+    return format(key, "")
 
 
 cdef class MurmurRendezvousBase:

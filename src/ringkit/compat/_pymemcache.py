@@ -67,7 +67,8 @@ def pymemcache(servers: Iterable[Any]) -> PymemcacheRendezvous:
     ``nodes`` are "host:port", in the order given (a repeat counts once). Keys are formatted as
     HashClient formats them (``f"{key}"``: ``b"ab"`` scores as the text ``"b'ab'"``), and the
     score reads each code point cut to 8 bits, as pymemcache's murmur3 does; equal scores go to
-    the greater server name, as in pymemcache. Keys: str, bytes, bytearray, ints.
+    the greater server name, as in pymemcache. Any key is formatted so (``None`` as ``"None"``)
+    except a memoryview, whose text would be its address (a TypeError).
     Dead-server removal (``retry_attempts``/``dead_timeout``) is HashClient's run-time state, not
     modelled.
     """

@@ -51,7 +51,8 @@ def uhashring(nodes: Any, *, ketama: bool = False, vnodes: int | None = None,
     little-endian words of its MD5. On equal points the node later in ``nodes`` wins, as in
     uhashring's dict; a key goes to the first point *strictly above* its hash.
 
-    Keys are formatted with ``str()`` first, as uhashring does: ``b"ab"`` routes as the text
+    Keys are formatted with ``str()`` first, as uhashring does, whatever their type (a
+    memoryview, whose text is its address, is a TypeError): ``b"ab"`` routes as the text
     ``"b'ab'"``, ``5`` as ``"5"``. The default ring compares the top 64 of MD5's 128 bits;
     routing differs from uhashring only if a key and a point share those 64 bits
     (probability about 2**-64 per key and point).

@@ -275,7 +275,7 @@ class _Proc:
                 raise RuntimeError(f"{what} did not answer within {START_TIMEOUT} s")
             time.sleep(0.005)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = getattr(signal, "SIGKILL", signal.SIGTERM)) -> None:
         """Send `sig` and wait until the pid is gone."""
         process = self.process
         if process is None:
@@ -340,7 +340,7 @@ class MemcachedProc(_Proc):
         self._wait_ready(lambda: all(_answers(a) for a in addresses), repr(self))
         return self
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = getattr(signal, "SIGKILL", signal.SIGTERM)) -> None:
         super().kill(sig)
         if self._socket_dir is not None and not self.running:
             shutil.rmtree(self._socket_dir, ignore_errors=True)

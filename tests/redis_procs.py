@@ -154,7 +154,7 @@ class RedisProc:
             time.sleep(0.005)
         return self
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = getattr(signal, "SIGKILL", signal.SIGTERM)) -> None:
         """Send `sig` (SIGKILL, or SIGTERM for a clean shutdown) and wait until the pid is gone.
         A paused server is resumed after the signal, so that a SIGTERM can be acted on."""
         process = self.process
@@ -162,7 +162,7 @@ class RedisProc:
             return
         if process.poll() is None:
             process.send_signal(sig)
-            if self.paused and sig != signal.SIGKILL:
+            if self.paused and sig != getattr(signal, "SIGKILL", None):
                 process.send_signal(signal.SIGCONT)
             try:
                 process.wait(STOP_TIMEOUT)

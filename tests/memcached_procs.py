@@ -58,6 +58,27 @@ Address = tuple[str, int] | str
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}   # pid -> process, for the exit hook
 
 
+STRICT = os.environ.get("RINGKIT_STRICT", "") not in ("", "0")
+
+
+def missing(reason: str) -> None:
+    """Something a test needs is not there: a failure under RINGKIT_STRICT=1 (as CI runs, so CI
+    never passes by skipping), a skip otherwise."""
+    import pytest
+
+    if STRICT:
+        pytest.fail(f"RINGKIT_STRICT=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_program(name: str) -> None:
+    """memcached or nutcracker is installed, else missing()."""
+    try:
+        {"memcached": memcached_binary, "nutcracker": nutcracker_binary}[name]()
+    except RuntimeError as exc:
+        missing(str(exc))
+
+
 def memcached_binary() -> str:
     path = shutil.which("memcached") or ("/usr/bin/memcached"
                                          if os.path.exists("/usr/bin/memcached") else None)

@@ -36,46 +36,18 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import compat_models as models  # tests/conftest.py registers the helpers
+import memcached_procs
 import pytest
-
-STRICT = os.environ.get("RINGKIT_STRICT", "") not in ("", "0")
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _load_helper(name: str):  # type: ignore[no-untyped-def]
-    """Load tests/<name>.py by path, once, and register it as module `name`."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-memcached_procs = _load_helper("memcached_procs")
-models = _load_helper("compat_models")
-
-
-def _missing(reason: str) -> None:
-    if STRICT:
-        pytest.fail(f"RINGKIT_STRICT=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _require_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        _missing(f"python package {name!r} is not installed ({exc})")
+        memcached_procs.missing(f"python package {name!r} is not installed ({exc})")
 
 
-def _require_program(name: str) -> None:
-    try:
-        getattr(memcached_procs, f"{name}_binary")()
-    except RuntimeError as exc:
-        _missing(str(exc))
 
 
 # =============================================================================================
@@ -171,7 +143,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):  # type: ignore[no-untyped-def]
-    _require_program("memcached")
+    memcached_procs.require_program("memcached")
     net = memcached_procs.free_alias_net(FLEET)
     workdir = tmp_path_factory.mktemp("memcached")
     tcp: list[Any] = []
@@ -377,7 +349,7 @@ class TwemproxyRun:
 
 @pytest.fixture(scope="module")
 def twemproxy_run(fleet, tmp_path_factory):  # type: ignore[no-untyped-def]
-    _require_program("nutcracker")
+    memcached_procs.require_program("nutcracker")
     started = time.monotonic()
     run = TwemproxyRun()
     pools: dict[str, dict[str, Any]] = {}
@@ -532,7 +504,7 @@ def pylibmc():  # type: ignore[no-untyped-def]
                     f"{module.__version__} ({module.__file__}) is linked to libmemcached "
                     f"{linked}", pytrace=False)
     if linked not in LIBMC_MODELLED:
-        _missing(f"pylibmc is linked to libmemcached {linked}, which has no model "
+        memcached_procs.missing(f"pylibmc is linked to libmemcached {linked}, which has no model "
                  f"(modelled: {', '.join(LIBMC_MODELLED)})")
     return module
 

@@ -43,42 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import memcached_procs  # tests/conftest.py registers the helper
 import pytest
 
 from ringkit import compat
-
-STRICT = os.environ.get("RINGKIT_STRICT", "") not in ("", "0")
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _load_helper(name: str):  # type: ignore[no-untyped-def]
-    """tests/<name>.py, loaded by path once (the tests folder is not on sys.path under
-    --import-mode=importlib) and registered as module `name`."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-memcached_procs = _load_helper("memcached_procs")
-
-
-def _missing(reason: str) -> None:
-    if STRICT:
-        pytest.fail(f"RINGKIT_STRICT=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _require_program(name: str) -> None:
-    try:
-        getattr(memcached_procs, f"{name}_binary")()
-    except RuntimeError as exc:
-        _missing(str(exc))
-
 
 SERVER_COUNTS = [1, 2, 25, 50, 61, 100, 200]
 FLEET = max(SERVER_COUNTS)
@@ -201,8 +169,9 @@ def fleet(tmp_path_factory):  # type: ignore[no-untyped-def]
     """FLEET memcached processes (memcached 1.6.18 here), each on 127.0.0.1:<free port> and on
     <alias net>.<i>:11211; killed by pid at the end of the module."""
     if not sys.platform.startswith("linux"):
-        _missing("the memcached fleet needs Linux loopback aliases (127.A.B.i:11211)")
-    _require_program("memcached")
+        memcached_procs.missing("the memcached fleet needs Linux loopback aliases "
+                                "(127.A.B.i:11211)")
+    memcached_procs.require_program("memcached")
     net = memcached_procs.free_alias_net(FLEET)
     servers: list[Any] = []
     try:
@@ -366,9 +335,10 @@ class TwemproxyRun:
 def twemproxy_run(fleet, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Every pool's keys set through nutcracker (one nutcracker per hash, ~30 pools each, so
     that its connections stay well under the file limit), then the fleet dumped once."""
-    _require_program("nutcracker")
+    memcached_procs.require_program("nutcracker")
     if importlib.util.find_spec("yaml") is None:
-        _missing("PyYAML is not installed (compat.twemproxy reads the YAML file with it)")
+        memcached_procs.missing("PyYAML is not installed (compat.twemproxy reads the YAML "
+                                "file with it)")
     started = time.monotonic()
     matrix = _twemproxy_matrix(fleet)
     extras = {}
@@ -697,7 +667,7 @@ def libmc_runs(fleet, tmp_path_factory):  # type: ignore[no-untyped-def]
             return _LIBMC_RUNS[python]
         version = VERSIONS[python]
         if version is None:
-            _missing(f"{python} has no pylibmc (pip install pylibmc)")
+            memcached_procs.missing(f"{python} has no pylibmc (pip install pylibmc)")
         assert version is not None
         if python == sys.executable and LIBMC_EXPECTED and version != LIBMC_EXPECTED:
             pytest.fail(f"RINGKIT_LIBMEMCACHED_VERSION={LIBMC_EXPECTED} but pylibmc is linked "

@@ -7,9 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ringkit import _placement
-from ringkit._hashing import ALGORITHMS
 from ringkit.errors import UnknownNodeError
-from ringkit.validation import check_name, short
+from ringkit.validation import check_algorithm, check_name, check_seed, short
 
 
 class JumpHash(_placement.JumpBase):
@@ -37,12 +36,8 @@ class JumpHash(_placement.JumpBase):
 
     def __init__(self, nodes: Iterable[str] | None = None, *, algorithm: str = "xxh64",
                  seed: int = 0) -> None:
-        if not isinstance(algorithm, str):
-            raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {short(algorithm)}")
-        if isinstance(seed, bool) or not hasattr(type(seed), "__index__"):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        algorithm = check_algorithm(algorithm)
+        seed = check_seed(seed)
         if isinstance(nodes, Mapping):
             raise TypeError("nodes must be an iterable of names: jump hashing has no weights")
         if isinstance(nodes, (str, bytes)):

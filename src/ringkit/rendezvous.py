@@ -7,9 +7,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ringkit import _placement
-from ringkit._hashing import ALGORITHMS
 from ringkit.errors import UnknownNodeError
-from ringkit.validation import check_name, check_weight, parse_nodes, short
+from ringkit.validation import (
+    check_algorithm,
+    check_name,
+    check_seed,
+    check_weight,
+    parse_nodes,
+    short,
+)
 
 #: Nodes a rendezvous placement takes: each lookup scores every node.
 MAX_NODES = 1_000_000
@@ -45,12 +51,8 @@ class Rendezvous(_placement.RendezvousBase):
 
     def __init__(self, nodes: Iterable[str] | Mapping[str, float] | None = None, *,
                  algorithm: str = "xxh64", seed: int = 0) -> None:
-        if not isinstance(algorithm, str):
-            raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {short(algorithm)}")
-        if isinstance(seed, bool) or not hasattr(type(seed), "__index__"):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        algorithm = check_algorithm(algorithm)
+        seed = check_seed(seed)
         self._write_lock = threading.Lock()
         weights = parse_nodes(nodes, "nodes")
         self._swap_state(self._build(weights, algorithm, int(seed)))

@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ringkit import _ring
-from ringkit._hashing import ALGORITHMS
 from ringkit._ring import RingBase
 from ringkit.errors import UnknownNodeError
 from ringkit.validation import (
     MAX_POINTS,
+    check_algorithm,
     check_name,
+    check_seed,
     check_vnodes,
     check_weight,
     count_points,
@@ -257,12 +258,8 @@ class HashRing(_RingView):
     ) -> None:
         self._write_lock = threading.Lock()
         self._vnodes = check_vnodes(vnodes)
-        if not isinstance(algorithm, str):
-            raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {short(algorithm)}")
-        self._algorithm = algorithm
-        self._seed = _check_seed(seed)
+        self._algorithm = check_algorithm(algorithm)
+        self._seed = check_seed(seed)
         self._ketama = False
         weights = parse_nodes(nodes, "nodes")
         count_points(self._vnodes, weights, "nodes")
@@ -468,11 +465,6 @@ def _check_points(vnodes: int, weights: Mapping[str, float], argname: str) -> No
     except ValueError as exc:
         raise ValueError(f"{argname}: {exc}") from None
 
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return int(seed)
 
 
 def _config_nodes(nodes: object) -> Iterable[str] | Mapping[str, float]:

@@ -56,6 +56,25 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def check_algorithm(algorithm: object) -> str:
+    """A key hash algorithm's name: one of ringkit.ALGORITHMS."""
+    from ringkit._hashing import ALGORITHMS
+
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {short(algorithm)}")
+    return algorithm
+
+
+def check_seed(seed: object) -> int:
+    """A hash seed: an int (numpy integers too; not a bool). Its range is the algorithm's to
+    check."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return int(seed)
+
+
 def check_name(name: object, argname: str = "name") -> str:
     """A node (or lock) name: a non-empty str that encodes to UTF-8."""
     if not isinstance(name, str):

@@ -44,6 +44,11 @@ PREFIX = "ringkit:lock:"
 TIMEOUT = 0.3
 
 
+def wr(writer: str) -> str:
+    """A writer of a version as stores write them: 28 digits (ringkit.replication.codec)."""
+    return writer.rjust(28, "0")
+
+
 def redis_nodes(servers) -> dict[str, RedisNode]:  # type: ignore[no-untyped-def]
     return {f"r{i}": RedisNode(s.url, socket_timeout=TIMEOUT) for i, s in enumerate(servers)}
 
@@ -75,7 +80,7 @@ def test_a_store_made_after_an_empty_restart_does_not_count_the_empty_node(redis
     first = ReplicatedStore(redis_nodes(servers), writer_id="ff")
     assert sorted(first.initialize()) == ["r0", "r1", "r2"]
     v1 = first.put("k", b"v1")
-    v2 = Version(v1.counter + 1, "ff" + "f" * 12)
+    v2 = Version(v1.counter + 1, wr("ff" + "f" * 12))
     acknowledged = {"r0", "r1"}        # r2 was partitioned away when v2 was acknowledged
     nodes = redis_nodes(servers)
     for name in acknowledged:

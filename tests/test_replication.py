@@ -27,6 +27,11 @@ from ringkit.replication import (
 )
 
 
+def wr(writer: str) -> str:
+    """A writer of a version as stores write them: 28 digits (ringkit.replication.codec)."""
+    return writer.rjust(28, "0")
+
+
 class FakeClock:
     """A clock that moves only when told to."""
 
@@ -89,16 +94,16 @@ def test_keys_live_on_their_preference_list_from_the_ring() -> None:
 
 def test_nodes_apply_only_newer_versions_so_retries_are_idempotent() -> None:
     node = MemoryNode("n")
-    v1, v2 = Record("k", b"1", Version(1, "aa")), Record("k", b"2", Version(2, "aa"))
+    v1, v2 = Record("k", b"1", Version(1, wr("aa"))), Record("k", b"2", Version(2, wr("aa")))
     assert node.write([v2])[1] == [True]
     assert node.write([v2])[1] == [False]          # the same write again: no effect
     assert node.write([v1])[1] == [False]          # an older one: no effect
     assert held(node, "k") == v2
-    v3 = Record("k", b"3", Version(3, "aa"))
+    v3 = Record("k", b"3", Version(3, wr("aa")))
     assert node.write_if([(v3, v1.version)])[1] == [False]
     assert node.write_if([(v3, None)])[1] == [False]
     assert node.write_if([(v3, v2.version)])[1] == [True]
-    assert node.write_if([(Record("new", b"x", Version(1, "aa")), None)])[1] == [True]
+    assert node.write_if([(Record("new", b"x", Version(1, wr("aa"))), None)])[1] == [True]
 
 
 def test_versions_strictly_increase_per_key_across_stores_and_failovers() -> None:
@@ -134,17 +139,17 @@ def test_equal_counters_are_ordered_by_writer_and_never_split_replicas() -> None
     """Two writers that raced to the same counter: every replica keeps the one with the larger
     writer id, whichever order the writes arrive in."""
     nodes = memory_nodes(3)
-    low = Record("k", b"low", Version(5, "aa"))
-    high = Record("k", b"high", Version(5, "ab"))
+    low = Record("k", b"low", Version(5, wr("aa")))
+    high = Record("k", b"high", Version(5, wr("ab")))
     names = list(nodes)
     nodes[names[0]].write([low]), nodes[names[0]].write([high])
     nodes[names[1]].write([high]), nodes[names[1]].write([low])
     nodes[names[2]].write([low])
     store = ReplicatedStore(nodes)
-    assert store.get_versioned("k") == (b"high", Version(5, "ab"))
+    assert store.get_versioned("k") == (b"high", Version(5, wr("ab")))
     store.repair()
     assert {held(node, "k") for node in nodes.values()} == {high}
-    assert Version(5, "ab") > Version(5, "aa") and Version(6, "aa") > Version(5, "ab")
+    assert Version(5, wr("ab")) > Version(5, wr("aa")) and Version(6, wr("aa")) > Version(5, wr("ab"))
 
 
 def test_concurrent_writers_get_distinct_increasing_versions() -> None:

@@ -15,8 +15,14 @@ import pytest
 
 from ringkit import QuorumError
 from ringkit.replication import MemoryNode, NodeState, Record, RedisNode, ReplicatedStore, Version
+from ringkit.replication.codec import buckets_of
 
 TIMEOUT = 0.3      # socket timeout of every RedisNode here
+
+
+def wr(writer: str) -> str:
+    """A writer of a version as stores write them: 28 digits (ringkit.replication.codec)."""
+    return writer.rjust(28, "0")
 
 
 def new_store(nodes, **options) -> ReplicatedStore:  # type: ignore[no-untyped-def]
@@ -79,22 +85,22 @@ def node(request):  # type: ignore[no-untyped-def]
 def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     """MemoryNode and RedisNode answer alike: newer-only writes, tombstones, exact write_if
     and remove, scan, the epoch marker and hints."""
-    v = [Record("k", b"%d" % i, Version(i, "aa")) for i in range(5)]
+    v = [Record("k", b"%d" % i, Version(i, wr("aa"))) for i in range(5)]
     empty = NodeState(None, 0)
     assert node.get_marker() is None
     assert node.read(["k", "missing"]) == (empty, [None, None])
     assert node.write([v[2]]) == (empty, [True])
     assert node.write([v[2], v[1]])[1] == [False, False]      # retry and older: no effect
     assert node.read(["k"])[1] == [v[2]]
-    assert node.write([Record("k", b"tie", Version(2, "ab"))])[1] == [True]   # writer breaks ties
+    assert node.write([Record("k", b"tie", Version(2, wr("ab")))])[1] == [True]   # writer breaks ties
     # A tombstone keeps its version and deletion time; an empty value is not a tombstone.
-    tomb = Record("k", None, Version(3, "aa"), deleted_ms=1234)
-    assert node.write([tomb, Record("e", b"", Version(1, "aa"))])[1] == [True, True]
-    assert node.read(["k", "e"])[1] == [tomb, Record("e", b"", Version(1, "aa"))]
+    tomb = Record("k", None, Version(3, wr("aa")), deleted_ms=1234)
+    assert node.write([tomb, Record("e", b"", Version(1, wr("aa")))])[1] == [True, True]
+    assert node.read(["k", "e"])[1] == [tomb, Record("e", b"", Version(1, wr("aa")))]
     # write_if: only over exactly the expected version (None: absent).
-    assert node.write_if([(v[4], Version(2, "ab"))])[1] == [False]
+    assert node.write_if([(v[4], Version(2, wr("ab")))])[1] == [False]
     assert node.write_if([(v[4], None)])[1] == [False]
-    assert node.write_if([(v[4], tomb.version), (Record("n", b"x", Version(1, "aa")), None)]
+    assert node.write_if([(v[4], tomb.version), (Record("n", b"x", Version(1, wr("aa"))), None)]
                          )[1] == [True, True]
     # remove: only where the version still matches; a purge raises the node's floor, and a
     # write expecting the key absent must then be numbered above it.
@@ -103,17 +109,17 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     assert node.read([])[0].floor == 0
     node.remove([v[4]])
     assert node.read(["k"]) == (NodeState(None, 4), [None])
-    assert node.write_if([(Record("k", b"low", Version(4, "zz")), None)])[1] == [False]
-    assert node.write_if([(Record("k", b"up", Version(5, "aa")), None)])[1] == [True]
-    assert node.write([Record("old", b"o", Version(2, "aa"))])[1] == [True]  # copies: no floor
+    assert node.write_if([(Record("k", b"low", Version(4, wr("zz"))), None)])[1] == [False]
+    assert node.write_if([(Record("k", b"up", Version(5, wr("aa"))), None)])[1] == [True]
+    assert node.write([Record("old", b"o", Version(2, wr("aa")))])[1] == [True]  # copies: no floor
     node.raise_floor(3)
     assert node.read([])[0].floor == 4                   # never lowered
     node.raise_floor(9)
     assert node.write([])[0] == NodeState(None, 9)
-    node.remove([Record("k", b"up", Version(5, "aa")), Record("old", b"o", Version(2, "aa"))])
+    node.remove([Record("k", b"up", Version(5, wr("aa"))), Record("old", b"o", Version(2, wr("aa")))])
     assert node.read([])[0].floor == 9
     # Binary values and any str key round-trip.
-    odd = Record("ключ {x} } {", b"\x00\xff\r\n", Version(7, "0f"))
+    odd = Record("ключ {x} } {", b"\x00\xff\r\n", Version(7, wr("0f")))
     node.write([odd])
     assert node.read([odd.key])[1] == [odd]
     keys = {key for chunk in node.scan(2) for key in chunk}
@@ -132,7 +138,7 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     node.add_members(["b", "c"])
     assert node.members() == {"a", "b", "c"}
     # Hints, held per target node.
-    h1, h2 = Record("h", b"1", Version(1, "aa")), Record("h", None, Version(2, "aa"), 99)
+    h1, h2 = Record("h", b"1", Version(1, wr("aa"))), Record("h", None, Version(2, wr("aa")), 99)
     node.add_hints("other", [h1])
     node.add_hints("other", [h2])
     node.add_hints("other", [h1])                         # older, arriving late: ignored
@@ -147,7 +153,7 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.redis
-def test_keys_carry_the_prefix_and_the_item_hash_tag(redis_servers) -> None:  # type: ignore[no-untyped-def]
+def test_items_live_in_bucket_hashes_under_the_prefix(redis_servers) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(3)
     store = new_store(redis_nodes(servers, prefix="app:rep:"))
     keys = ["user:42", "orders/7", "ключ", "with space", ""]
@@ -158,14 +164,17 @@ def test_keys_carry_the_prefix_and_the_item_hash_tag(redis_servers) -> None:  # 
     for server in servers:
         found = server_keys(server)
         assert all(name.startswith("app:rep:") for name in found)
-        items = {name for name in found
-                 if name not in ("app:rep:__epoch__", "app:rep:__members__")}
-        assert items == {f"app:rep:{{{key}}}" for key in keys}
-        assert {hash_tag(name) for name in items if name != "app:rep:{}"} == set(keys) - {""}
+        assert {"app:rep:__epoch__", "app:rep:__members__", "app:rep:__layout__"} <= found
+        assert servers[0].client().get("app:rep:__layout__") == b"2"
+        items = {name for name in found if not name.startswith("app:rep:__")}
+        # One hash per bucket (the top 16 bits of the key's xxh64), its fields the keys.
+        assert items == {f"app:rep:b:{int(b):04x}" for b in buckets_of(keys)}
+        held = {f.decode() for name in items for f in server.client().hkeys(name)}
+        assert held == set(keys)
     # The default prefix, and two prefixes on one server stay apart (scan, repair).
     other = new_store(redis_nodes(servers))
     other.put("user:42", b"w")
-    assert "ringkit:rep:{user:42}" in server_keys(servers[0])
+    assert f"ringkit:rep:b:{int(buckets_of(['user:42'])[0]):04x}" in server_keys(servers[0])
     assert other.repair().keys_checked == 1
     assert store.repair().keys_checked == len(keys)
     assert store.get("user:42") == b"v" and other.get("user:42") == b"w"
@@ -178,8 +187,8 @@ def test_prefixes_with_glob_characters_are_scanned_literally(redis_servers, pref
     nodes = redis_nodes(servers, prefix=prefix)
     store = new_store(nodes)
     store.put("k", b"v")
-    servers[0].client().set("app1:{decoy}", b"x")      # what an unescaped app[1]: would match
-    servers[0].client().set("aXbY:{decoy}", b"x")
+    servers[0].client().hset("app1:b:0001", "decoy", b"x")   # what an unescaped app[1]: would match
+    servers[0].client().hset("aXbY:b:0001", "decoy", b"x")
     assert [key for chunk in nodes["r0"].scan(10) for key in chunk] == ["k"]
     assert store.repair().keys_checked == 1
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from ringkit.validation import server_label
 
-__all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "ServerSkipped", "client_from_url",
+__all__ = ["AsyncCall", "AsyncLink", "Call", "Link", "Packed", "ServerSkipped", "client_from_url",
            "gather", "gather_async", "no_retry", "pack", "script_sha"]
 
 log = logging.getLogger("ringkit.redis")
@@ -125,9 +125,28 @@ except ImportError:  # pragma: no cover - exercised where hiredis is missing
     _c_pack = None
 
 
-def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
+class Packed:
+    """Commands already encoded in RESP (`data`, `n` commands, none of them a script): a
+    batch of many small commands built at once instead of a tuple each."""
+
+    __slots__ = ("data", "n")
+
+    def __init__(self, data: bytes, n: int) -> None:
+        self.data = data
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        raise IndexError("a Packed batch holds no scripts to send again")
+
+
+def pack(commands: Sequence[tuple[Any, ...]] | Packed) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
     on a fast network; this one only handles what ringkit sends: bytes, str, int)."""
+    if commands.__class__ is Packed:
+        return commands.data  # type: ignore[union-attr]
     if _c_pack is not None:
         if len(commands) == 1:
             return _c_pack(commands[0])  # type: ignore[no-any-return]

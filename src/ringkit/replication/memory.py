@@ -7,13 +7,18 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ringkit.replication.base import Done, NodeDown, NodeState, Record, Version
+from ringkit.replication import codec
+from ringkit.replication.base import Done, NodeDown, NodeState, Record
+from ringkit.replication.nodeapi import RecordMethods
 
 __all__ = ["MemoryNode"]
 
 
-class MemoryNode:
+class MemoryNode(RecordMethods):
     """A storage node in this process's memory. Thread safe.
+
+    Items are kept as the blobs of ringkit.replication.codec (layout 2), the same bytes a
+    RedisNode stores, so the store's batch path is the same for both.
 
     Fault injection: :meth:`kill` makes every call raise :class:`NodeDown` until
     :meth:`revive`; ``revive(empty=True)`` brings it back without its data (and without its
@@ -29,7 +34,7 @@ class MemoryNode:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"memory-{secrets.token_hex(3)}"
         self._lock = threading.Lock()
-        self._items: dict[str, Record] = {}
+        self._items: dict[bytes, bytes] = {}     # key (UTF-8) -> blob
         self._hints: dict[str, dict[str, Record]] = {}
         self._marker: str | None = None
         self._floor = 0
@@ -79,49 +84,98 @@ class MemoryNode:
         except Exception as exc:  # noqa: BLE001 - delivered by result()
             return Done(error=exc)
 
-    def read(self, keys: Sequence[str]) -> tuple[NodeState, list[Record | None]]:
+    def read_raw(self, fields: Sequence[bytes], buckets: Any = None
+                 ) -> tuple[NodeState, list[bytes | None]]:
+        """The blob of each key (None where absent)."""
         with self._lock:
             self._check()
-            return self._state(), [self._items.get(k) for k in keys]
+            get = self._items.get
+            return self._state(), [get(f) for f in fields]
 
-    def write(self, records: Sequence[Record]) -> tuple[NodeState, list[bool]]:
+    def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes]
+                  ) -> tuple[NodeState, list[bool]]:
+        """Store each blob that is newer than the one held (a greater blob is a newer
+        version); whether each was applied."""
         with self._lock:
             self._check()
+            items = self._items
+            get = items.get
             applied = []
-            for record in records:
-                current = self._items.get(record.key)
-                if current is None or record.version > current.version:
-                    self._items[record.key] = record
-                    applied.append(True)
+            append = applied.append
+            for f, b in zip(fields, blobs):
+                cur = get(f)
+                if cur is None or b > cur:
+                    items[f] = b
+                    append(True)
                 else:
-                    applied.append(False)
+                    append(False)
             return self._state(), applied
 
-    def write_if(self, pairs: Sequence[tuple[Record, Version | None]]
-                 ) -> tuple[NodeState, list[bool]]:
+    def write_if_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
+                     expected: Sequence[bytes]) -> tuple[NodeState, list[bool]]:
+        """Store each blob only where the held version is exactly `expected` (its version
+        head, codec.VERSION_HEAD bytes; b"" for absent, and then only above the floor)."""
         with self._lock:
             self._check()
+            items = self._items
+            get = items.get
+            floor = b"%014x" % self._floor
+            cut = codec.VERSION_HEAD
             applied = []
-            for record, expected in pairs:
-                current = self._items.get(record.key)
-                found = None if current is None else current.version
-                if found != expected or (current is not None
-                                         and record.version <= current.version) \
-                        or (current is None and record.version.counter <= self._floor):
-                    applied.append(False)
+            append = applied.append
+            for f, b, e in zip(fields, blobs, expected):
+                cur = get(f)
+                if cur is None:
+                    ok = not e and b[:14] > floor
                 else:
-                    self._items[record.key] = record
-                    applied.append(True)
+                    ok = bool(e) and cur[:cut] == e and b > cur
+                if ok:
+                    items[f] = b
+                append(ok)
             return self._state(), applied
 
-    def remove(self, records: Sequence[Record]) -> None:
+    def purge_raw(self, fields: Sequence[bytes], buckets: Any, heads: Sequence[bytes]) -> None:
+        """Delete each key while it holds exactly the version `head`, raising the floor to
+        its counter in the same step."""
         with self._lock:
             self._check()
-            for record in records:
-                current = self._items.get(record.key)
-                if current is not None and current.version == record.version:
-                    del self._items[record.key]
-                    self._floor = max(self._floor, record.version.counter)
+            cut = codec.VERSION_HEAD
+            for f, h in zip(fields, heads):
+                cur = self._items.get(f)
+                if cur is not None and cur[:cut] == h[:cut]:
+                    del self._items[f]
+                    self._floor = max(self._floor, int(h[:14], 16))
+
+    def _grouped(self, buckets: Sequence[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+        wanted = set(buckets)
+        with self._lock:
+            self._check()
+            pairs = list(self._items.items())
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        if pairs:
+            of = codec.buckets_of([f for f, _ in pairs]).tolist()
+            for b, pair in zip(of, pairs):
+                if b in wanted:
+                    groups.setdefault(b, []).append(pair)
+        return groups
+
+    def digests_raw(self, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+        """Per bucket: (XOR of its items' hashes, items, tombstones)."""
+        groups = self._grouped(buckets)
+        out = []
+        for b in buckets:
+            x = n = t = 0
+            for _, blob in groups.get(b, ()):
+                x ^= int(blob[codec.HEAD:codec.BLOB_HEAD], 16)
+                n += 1
+                t += blob[codec.VERSION_HEAD] == 0x74
+            out.append((x, n, t))
+        return out
+
+    def versions_raw(self, buckets: Sequence[int]) -> list[tuple[int, bytes, bytes]]:
+        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes)."""
+        groups = self._grouped(buckets)
+        return [(b, f, blob[:codec.BLOB_HEAD]) for b in buckets for f, blob in groups.get(b, ())]
 
     def raise_floor(self, floor: int) -> None:
         with self._lock:
@@ -134,7 +188,7 @@ class MemoryNode:
     def scan(self, count: int) -> Iterator[list[str]]:
         with self._lock:
             self._check()
-            keys = list(self._items)
+            keys = [f.decode() for f in self._items]
         for start in range(0, len(keys), count):
             yield keys[start:start + count]
 

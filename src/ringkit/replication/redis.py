@@ -1,13 +1,18 @@
 """RedisNode: a storage node on a Redis server, through redis-py.
 
-Keys (``prefix`` defaults to ``"ringkit:rep:"``): an item is one hash ``<prefix>{<key>}`` with
-fields ``c`` (version counter), ``w`` (writer id), ``v`` (value; absent in a tombstone) and ``d``
-(deletion time in ms; 0 when live), so one item's keys share the ``{<key>}`` hash tag (Redis
-Cluster). The server's epoch marker is ``<prefix>__epoch__``, its version floor (the largest
-counter of a tombstone it purged) ``<prefix>__floor__``, the names of the store's nodes it has
-seen ready ``<prefix>__members__`` (a set), and hints for another node live in
-``<prefix>__hints__:<node>``. Every read and write is one pipelined call on ringkit's own
-connection (see ringkit._redisio) that also reads the marker and the floor.
+Layout 2 (ringkit.replication.codec; ``prefix`` defaults to ``"ringkit:rep:"``): items live in
+one Redis hash per bucket, ``<prefix>b:<bucket, 4 hex digits>``, whose fields are the keys
+(UTF-8) and whose values are the items' blobs (version, tombstone flag, item hash, value; the
+bytes of a blob order its versions). A write is one script call per chunk of items that applies
+each blob only over an older one (one HGET and one HSET per item); a read is one HGET per key.
+The server's epoch marker is ``<prefix>__epoch__``, its version floor (the largest counter of a
+tombstone it purged) ``<prefix>__floor__``, the layout ``<prefix>__layout__`` (``"2"``), the
+names of the store's nodes it has seen ready ``<prefix>__members__`` (a set), and hints for
+another node live in ``<prefix>__hints__:<node>``. Every read and write is one pipelined call on
+ringkit's own connection (see ringkit._redisio) that also reads the marker, floor and layout.
+Repair asks a node for per-bucket digests (the XOR of its items' hashes, computed by a script
+from what the bucket holds at that moment) and, for buckets that differ, the versions of their
+items, without moving values.
 """
 
 from __future__ import annotations
@@ -16,33 +21,26 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ringkit._redisio import Call, Late, Link, client_from_url, gather, script_sha
+from ringkit._redisio import Call, Late, Link, Packed, client_from_url, gather, script_sha
+from ringkit.replication import codec
 from ringkit.replication.base import NodeState, Record, Version
+from ringkit.replication.codec import LayoutError
+from ringkit.replication.nodeapi import RecordMethods
 from ringkit.validation import server_label
 
 __all__ = ["RedisNode"]
 
-# KEYS: items. ARGV, 5 per item: counter, writer, value, deleted_ms, tombstone (0/1). Applies each
-# record only when its version is newer than the stored one; returns 1 (applied) or 0 per item.
-# One script call carries many items: a script call costs far more than the work in it.
+# KEYS: one bucket per item. ARGV, 2 per item: key, blob. Stores each blob over an older one (the
+# first 42 bytes, counter and writer in fixed-width hex, order the versions); 1 (applied) or 0
+# per item. One call carries many items (a script call costs far more than the work in it), and
+# a bounded number of them, so that it never holds the server for long.
 APPLY = """
 local out = {}
 for i = 1, #KEYS do
-  local b = (i - 1) * 5
-  local cur = redis.call('HMGET', KEYS[i], 'c', 'w')
-  local newer = true
-  if cur[1] then
-    local c = tonumber(cur[1])
-    local n = tonumber(ARGV[b + 1])
-    newer = c < n or (c == n and cur[2] < ARGV[b + 2])
-  end
-  if newer then
-    if ARGV[b + 5] == '1' then
-      redis.call('DEL', KEYS[i])
-      redis.call('HSET', KEYS[i], 'c', ARGV[b + 1], 'w', ARGV[b + 2], 'd', ARGV[b + 4])
-    else
-      redis.call('HSET', KEYS[i], 'c', ARGV[b + 1], 'w', ARGV[b + 2], 'v', ARGV[b + 3], 'd', '0')
-    end
+  local f, b = ARGV[2 * i - 1], ARGV[2 * i]
+  local c = redis.call('HGET', KEYS[i], f)
+  if (not c) or string.sub(c, 1, 42) < string.sub(b, 1, 42) then
+    redis.call('HSET', KEYS[i], f, b)
     out[i] = 1
   else
     out[i] = 0
@@ -51,29 +49,26 @@ end
 return out
 """
 
-# KEYS: the floor key, then items. ARGV, 7 per item: expected counter ('' for absent), expected
-# writer, then APPLY's five. Applies each record only where the stored version is exactly the
-# expected one; a record expected absent only if its counter is above the floor (the key may
-# have been purged here at a higher version).
+# KEYS: the floor key, then one bucket per item. ARGV, 3 per item: key, blob, expected version
+# (its 42 bytes; '' for absent). Stores each blob only where the held version is exactly the
+# expected one; a blob expected absent only if its counter is above the floor (the key may have
+# been purged here at a higher version).
 APPLY_IF = """
-local floor = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = string.format('%014x', tonumber(redis.call('GET', KEYS[1]) or '0'))
 local out = {}
 for i = 2, #KEYS do
-  local b = (i - 2) * 7
-  local cur = redis.call('HMGET', KEYS[i], 'c', 'w')
+  local j = 3 * i - 5
+  local f, b, e = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local c = redis.call('HGET', KEYS[i], f)
   local ok
-  if ARGV[b + 1] == '' then
-    ok = (not cur[1]) and tonumber(ARGV[b + 3]) > floor
+  if not c then
+    ok = e == '' and string.sub(b, 1, 14) > floor
   else
-    ok = cur[1] == ARGV[b + 1] and cur[2] == ARGV[b + 2]
+    local held = string.sub(c, 1, 42)
+    ok = e ~= '' and held == e and held < string.sub(b, 1, 42)
   end
   if ok then
-    if ARGV[b + 7] == '1' then
-      redis.call('DEL', KEYS[i])
-      redis.call('HSET', KEYS[i], 'c', ARGV[b + 3], 'w', ARGV[b + 4], 'd', ARGV[b + 6])
-    else
-      redis.call('HSET', KEYS[i], 'c', ARGV[b + 3], 'w', ARGV[b + 4], 'v', ARGV[b + 5], 'd', '0')
-    end
+    redis.call('HSET', KEYS[i], f, b)
     out[i - 1] = 1
   else
     out[i - 1] = 0
@@ -82,26 +77,67 @@ end
 return out
 """
 
-# Items per script call.
+# Items per script call, and bytes of values per call.
 CHUNK = 200
+CHUNK_BYTES = 256 * 1024
 
-# KEYS: the floor key, then items. ARGV, 2 per item: counter, writer. Purges each item only while
-# it holds exactly that version, raising the floor to its counter in the same step, so that no
-# later version of the key can be numbered at or below it.
+# KEYS: the floor key, then one bucket per item. ARGV, 2 per item: key, version (42 bytes).
+# Purges each item only while it holds exactly that version, raising the floor to its counter
+# before the item goes, so that no later version of the key can be numbered at or below it
+# (even if the script stops part-way).
 REMOVE = """
-local floor = tonumber(redis.call('GET', KEYS[1]) or '0')
-local top = floor
+local top = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i = 2, #KEYS do
-  local b = (i - 2) * 2
-  local cur = redis.call('HMGET', KEYS[i], 'c', 'w')
-  if cur[1] == ARGV[b + 1] and cur[2] == ARGV[b + 2] then
-    redis.call('DEL', KEYS[i])
-    local c = tonumber(ARGV[b + 1])
-    if c > top then top = c end
+  local f, h = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  local c = redis.call('HGET', KEYS[i], f)
+  if c and string.sub(c, 1, 42) == h then
+    local n = tonumber(string.sub(h, 1, 14), 16)
+    if n > top then
+      top = n
+      redis.call('SET', KEYS[1], string.format('%.0f', top))
+    end
+    redis.call('HDEL', KEYS[i], f)
   end
 end
-if top > floor then redis.call('SET', KEYS[1], string.format('%.0f', top)) end
 return 1
+"""
+
+# KEYS: buckets. Per bucket, 4 numbers: the XOR of its items' hashes (two 32-bit halves: Lua's
+# bit library works on 32 bits), its items, its tombstones. Computed from what the bucket holds
+# now, in one script (atomic), so nothing has to be kept up to date by writes.
+DIGEST = """
+local out = {}
+for i = 1, #KEYS do
+  local all = redis.call('HVALS', KEYS[i])
+  local hi, lo, t = 0, 0, 0
+  for j = 1, #all do
+    local b = all[j]
+    hi = bit.bxor(hi, tonumber(string.sub(b, 44, 51), 16))
+    lo = bit.bxor(lo, tonumber(string.sub(b, 52, 59), 16))
+    if string.byte(b, 43) == 116 then t = t + 1 end
+  end
+  local k = 4 * i
+  out[k - 3] = hi
+  out[k - 2] = lo
+  out[k - 1] = #all
+  out[k] = t
+end
+return out
+"""
+
+# KEYS: buckets. Per bucket: its item count, then key and blob head (59 bytes: version, flag,
+# item hash) of each item.
+VERSIONS = """
+local out = {}
+for i = 1, #KEYS do
+  local all = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = #all / 2
+  for j = 1, #all, 2 do
+    out[#out + 1] = all[j]
+    out[#out + 1] = string.sub(all[j + 1], 1, 59)
+  end
+end
+return out
 """
 
 # KEYS: the floor key. ARGV: a floor. Raises the floor, never lowers it.
@@ -141,7 +177,8 @@ return 1
 """
 
 _SOURCES = {"apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE, "raise_floor": RAISE_FLOOR,
-            "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS}
+            "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
+            "versions": VERSIONS}
 _SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
 SCRIPTS = {_SHA[name]: source for name, source in _SOURCES.items()}
 
@@ -169,20 +206,19 @@ def _decode(key: str, blob: bytes) -> Record:
 def _state(reply: Any) -> NodeState:
     if isinstance(reply, Exception):
         raise reply
-    marker, floor = reply
+    marker, floor, layout = reply
+    if marker is not None and layout != codec.LAYOUT_VERSION.encode():
+        raise LayoutError(
+            f"this server holds replicated data of layout {_text(layout or b'1')}, not "
+            f"{codec.LAYOUT_VERSION} (ringkit 0.1 kept one hash per key): migrate it with "
+            f"`ringkit store migrate` or clear it (see CHANGELOG)")
     return NodeState(None if marker is None else _text(marker), int(floor or 0))
 
 
-def _record(key: str, row: Any) -> Record | None:
-    c, w, v, d = row
-    if c is None:
-        return None
-    # A tombstone is the item without a value field (APPLY writes none); its deletion time may
-    # be 0 (a wall clock at the epoch), so it cannot tell a tombstone.
-    return Record(key, None if v is None else _bytes(v), Version(int(c), _text(w)), int(d or 0))
+_HGET = b"*3\r\n$4\r\nHGET\r\n"
 
 
-class RedisNode:
+class RedisNode(RecordMethods):
     """A replica node on one Redis server (a redis-py client or a ``redis://`` URL).
 
     Reads and writes go over connections of ringkit's own, made with the client's settings;
@@ -220,67 +256,120 @@ class RedisNode:
         self._marker_key = f"{prefix}__epoch__"
         self._floor_key = f"{prefix}__floor__"
         self._members_key = f"{prefix}__members__"
+        self._layout_key = f"{prefix}__layout__"
+        self._prefix_b = prefix.encode()
+        self._bucket_keys: dict[int, bytes] = {}
+        self._hget_heads: dict[int, bytes] = {}
 
-    def key(self, key: str) -> str:
-        return f"{self.prefix}{{{key}}}"
+    def bucket_key(self, bucket: int) -> bytes:
+        """The Redis key of a bucket's hash."""
+        key = self._bucket_keys.get(bucket)
+        if key is None:
+            key = self._bucket_keys[bucket] = b"%sb:%04x" % (self._prefix_b, bucket)
+        return key
+
+    def _bucket_hget(self, bucket: int) -> bytes:
+        head = self._hget_heads.get(bucket)
+        if head is None:
+            key = self.bucket_key(bucket)
+            head = self._hget_heads[bucket] = _HGET + b"$%d\r\n%b\r\n" % (len(key), key)
+        return head
 
     def _hints_key(self, target: str) -> str:
         return f"{self.prefix}__hints__:{target}"
 
-    @staticmethod
-    def _apply_args(record: Record) -> list[Any]:
-        return [record.version.counter, record.version.writer, record.value or b"",
-                record.deleted_ms, 1 if record.value is None else 0]
+    def _chunks(self, fields: Sequence[bytes], blobs: Sequence[bytes]) -> Iterator[range]:
+        """Ranges of items per script call: at most CHUNK items and about CHUNK_BYTES."""
+        n = len(fields)
+        start = 0
+        while start < n:
+            stop = min(n, start + CHUNK)
+            size = 0
+            for i in range(start, stop):
+                size += len(blobs[i])
+                if size > CHUNK_BYTES:
+                    stop = max(i, start + 1)
+                    break
+            yield range(start, stop)
+            start = stop
 
-    def _script_commands(self, sha: str, items: Sequence[tuple[Record, list[Any]]],
-                         lead: Sequence[str] = ()) -> list[tuple[Any, ...]]:
-        """EVALSHA calls of up to CHUNK items each: (record, extra leading args) per item;
-        `lead` keys come before the items' keys in every call."""
-        commands = []
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
-            keys = [*lead, *(self.key(record.key) for record, _ in chunk)]
-            args: list[Any] = []
-            for record, head in chunk:
-                args += head
-                args += self._apply_args(record)
-            commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+    def _apply_commands(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
+                        expected: Sequence[bytes] | None = None) -> list[tuple[Any, ...]]:
+        """EVALSHA calls of APPLY (or APPLY_IF, with `expected`) over the items."""
+        keys = [self.bucket_key(b) for b in _as_list(buckets)]
+        commands: list[tuple[Any, ...]] = []
+        for r in self._chunks(fields, blobs):
+            lo, hi = r.start, r.stop
+            n = hi - lo
+            if expected is None:
+                args: list[Any] = [None] * (2 * n)
+                args[0::2] = fields[lo:hi]
+                args[1::2] = blobs[lo:hi]
+                commands.append(("EVALSHA", _SHA["apply"], n, *keys[lo:hi], *args))
+            else:
+                args = [None] * (3 * n)
+                args[0::3] = fields[lo:hi]
+                args[1::3] = blobs[lo:hi]
+                args[2::3] = expected[lo:hi]
+                commands.append(("EVALSHA", _SHA["apply_if"], n + 1, self._floor_key,
+                                 *keys[lo:hi], *args))
         return commands
 
+    def _read_commands(self, fields: Sequence[bytes], buckets: Any) -> bytes:
+        """HGET of every key, in RESP (one bytes object instead of a command tuple each)."""
+        head = self._bucket_hget
+        return b"".join([head(b) + b"$%d\r\n%b\r\n" % (len(f), f)
+                         for b, f in zip(_as_list(buckets), fields)])
+
     def _state_command(self) -> tuple[Any, ...]:
-        return ("MGET", self._marker_key, self._floor_key)
+        return ("MGET", self._marker_key, self._floor_key, self._layout_key)
 
     def submit(self, op: str, *args: Any) -> _RedisPending:
-        """Prepare ``op`` ("read", "write", "write_if"); ``result()`` runs it, or the store
-        runs the ``call`` of several nodes' pending calls together."""
-        commands: list[tuple[Any, ...]] = [self._state_command()]
-        if op == "read":
-            items = list(args[0])
-            commands += [("HMGET", self.key(k), "c", "w", "v", "d") for k in items]
-        elif op == "write":
-            items = list(args[0])
-            commands += self._script_commands(_SHA["apply"], [(r, []) for r in items])
-        elif op == "write_if":
-            pairs = args[0]
-            items = [record for record, _ in pairs]
-            commands += self._script_commands(_SHA["apply_if"], [
-                (record, ["", ""] if expected is None else [expected.counter, expected.writer])
-                for record, expected in pairs], lead=[self._floor_key])
+        """Prepare ``op`` (``read_raw``, ``write_raw``, ``write_if_raw``, or the record-level
+        ``read``, ``write``, ``write_if``); ``result()`` runs it, or the store runs the
+        ``call`` of several nodes' pending calls together."""
+        state = self._state_command()
+        items: Sequence[Any] = ()
+        if op in ("read", "write", "write_if"):
+            items = args[0]
+            if op == "read":
+                fields = [k.encode() for k in items]
+                args = (fields, codec.buckets_of(fields))
+            elif op == "write":
+                fields = [r.key.encode() for r in items]
+                args = (fields, codec.buckets_of(fields), [codec.encode(r) for r in items])
+            else:
+                fields = [r.key.encode() for r, _ in items]
+                args = (fields, codec.buckets_of(fields), [codec.encode(r) for r, _ in items],
+                        [b"" if e is None else codec.header(e.counter, e.writer, False)[:-1]
+                         for _, e in items])
+        if op in ("read_raw", "read"):
+            commands: Any = Packed(_pack_one(state) + self._read_commands(*args[:2]),
+                                   1 + len(args[0]))
+        elif op in ("write_raw", "write"):
+            commands = [state, *self._apply_commands(*args[:3])]
+        elif op in ("write_if_raw", "write_if"):
+            commands = [state, *self._apply_commands(*args[:3], expected=args[3])]
         else:
             raise ValueError(f"unknown operation {op!r}")
         return _RedisPending(op, items, Call(self.link, commands, SCRIPTS))
 
-    def read(self, keys: Sequence[str]) -> tuple[NodeState, list[Record | None]]:
-        return self.submit("read", keys).result()
+    def _raw(self, op: str, *args: Any) -> tuple[NodeState, Any]:
+        return self.submit(op, *args).result()
 
-    def write(self, records: Sequence[Record]) -> tuple[NodeState, list[bool]]:
-        return self.submit("write", records).result()
+    def read_raw(self, fields: Sequence[bytes], buckets: Any
+                 ) -> tuple[NodeState, list[bytes | None]]:
+        return self._raw("read_raw", fields, buckets)
 
-    def write_if(self, pairs: Sequence[tuple[Record, Version | None]]
-                 ) -> tuple[NodeState, list[bool]]:
-        return self.submit("write_if", pairs).result()
+    def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes]
+                  ) -> tuple[NodeState, list[bool]]:
+        return self._raw("write_raw", fields, buckets, blobs)
 
-    def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def write_if_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
+                     expected: Sequence[bytes]) -> tuple[NodeState, list[bool]]:
+        return self._raw("write_if_raw", fields, buckets, blobs, expected)
+
+    def _run(self, commands: Any) -> list[Any]:
         """One call to this node alone, waited for (within the socket timeout)."""
         call = Call(self.link, commands, SCRIPTS)
         call.must = True
@@ -291,50 +380,80 @@ class RedisNode:
                 raise reply
         return replies
 
-    def remove(self, records: Sequence[Record]) -> None:
+    def purge_raw(self, fields: Sequence[bytes], buckets: Any, heads: Sequence[bytes]) -> None:
+        keys = [self.bucket_key(b) for b in _as_list(buckets)]
         commands = []
-        for start in range(0, len(records), CHUNK):
-            chunk = records[start:start + CHUNK]
-            keys = [self._floor_key, *(self.key(r.key) for r in chunk)]
-            args: list[Any] = []
-            for r in chunk:
-                args += [r.version.counter, r.version.writer]
-            commands.append(("EVALSHA", _SHA["remove"], len(keys), *keys, *args))
+        for start in range(0, len(fields), CHUNK):
+            stop = start + CHUNK
+            args: list[Any] = [None] * (2 * len(fields[start:stop]))
+            args[0::2] = fields[start:stop]
+            args[1::2] = [h[:codec.VERSION_HEAD] for h in heads[start:stop]]
+            commands.append(("EVALSHA", _SHA["remove"], len(args) // 2 + 1, self._floor_key,
+                             *keys[start:stop], *args))
         if commands:
             self._run(commands)
 
     def raise_floor(self, floor: int) -> None:
         self._run([("EVALSHA", _SHA["raise_floor"], 1, self._floor_key, int(floor))])
 
-    def read_repair(self, keys: Sequence[str], newest: Mapping[str, Record]) -> Late:
-        """A late handler for a read of `keys`: when this node's replies come after the read
-        was decided, write it the newest version the store found (`newest`, filled in by the
+    def digests_raw(self, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+        """Per bucket: (XOR of its items' hashes, items, tombstones), computed on the server."""
+        commands = [("EVALSHA", _SHA["digest"], len(part), *(self.bucket_key(b) for b in part))
+                    for part in _parts(list(buckets), 256)]
+        out = []
+        for reply in (self._run(commands) if commands else []):
+            for k in range(0, len(reply), 4):
+                out.append((((reply[k] & 0xFFFFFFFF) << 32) | (reply[k + 1] & 0xFFFFFFFF),
+                            reply[k + 2], reply[k + 3]))
+        return out
+
+    def versions_raw(self, buckets: Sequence[int]) -> list[tuple[int, bytes, bytes]]:
+        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes)."""
+        parts = _parts(list(buckets), 64)
+        commands = [("EVALSHA", _SHA["versions"], len(part), *(self.bucket_key(b) for b in part))
+                    for part in parts]
+        out: list[tuple[int, bytes, bytes]] = []
+        for part, reply in zip(parts, self._run(commands) if commands else []):
+            pos = 0
+            for b in part:
+                n = reply[pos]
+                pos += 1
+                end = pos + 2 * n
+                out.extend((b, f, h) for f, h in zip(reply[pos:end:2], reply[pos + 1:end:2]))
+                pos = end
+        return out
+
+    def read_repair(self, fields: Sequence[bytes], buckets: Any,
+                    newest: Mapping[bytes, bytes]) -> Late:
+        """A late handler for a read of `fields`: when this node's replies come after the read
+        was decided, write it the newest blobs the store found (`newest`, filled in by the
         store once the read is decided) where the node holds an older one."""
 
         def late(replies: list[Any]) -> list[tuple[Any, ...]] | None:
-            stale = []
-            for key, row in zip(keys, replies[1:]):
-                best = newest.get(key)
+            stale_f: list[bytes] = []
+            stale_b: list[int] = []
+            stale_v: list[bytes] = []
+            for f, b, row in zip(fields, _as_list(buckets), replies[1:]):
+                best = newest.get(f)
                 if best is None or isinstance(row, Exception):
                     continue
-                held = _record(key, row)
-                if held is None or held.version < best.version:
-                    stale.append(best)
-            if not stale:
+                if row is None or row < best:
+                    stale_f.append(f)
+                    stale_b.append(b)
+                    stale_v.append(best)
+            if not stale_f:
                 return None
-            return self._script_commands(_SHA["apply"], [(r, []) for r in stale])
+            return self._apply_commands(stale_f, stale_b, stale_v)
 
         return late
 
     def scan(self, count: int) -> Iterator[list[str]]:
-        start = len(self.prefix) + 1
-        batch: list[str] = []
-        # The prefix is matched literally: its glob characters (app[1]:) are escaped.
+        """Every key this node holds, in batches of about `count`."""
         literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
-        for raw in self.client.scan_iter(match=f"{literal}{{*", count=count):
-            name = _text(raw)
-            if name.endswith("}"):
-                batch.append(name[start:-1])
+        batch: list[str] = []
+        for raw in self.client.scan_iter(match=f"{literal}b:*", count=count):
+            for field in self.client.hkeys(raw):
+                batch.append(_text(field))
             if len(batch) >= count:
                 yield batch
                 batch = []
@@ -342,11 +461,15 @@ class RedisNode:
             yield batch
 
     def set_marker(self, value: str, *, only_if_missing: bool) -> bool:
+        layout = ("SET", self._layout_key, codec.LAYOUT_VERSION)
         if only_if_missing:
-            reply = self._run([("SET", self._marker_key, value, "NX")])[0]
-        else:
-            reply = self._run([("SET", self._marker_key, value)])[0]
-        return reply is not None
+            replies = self._run([("SET", self._marker_key, value, "NX"), ("EXISTS",
+                                                                           self._layout_key)])
+            if replies[0] is not None and not replies[1]:
+                self._run([layout])
+            return replies[0] is not None
+        self._run([layout, ("SET", self._marker_key, value)])
+        return True
 
     def get_marker(self) -> str | None:
         return _state(self._run([self._state_command()])[0]).marker
@@ -399,6 +522,20 @@ class RedisNode:
         return f"<RedisNode {self.name} on {self.server} prefix={self.prefix!r}>"
 
 
+def _as_list(buckets: Any) -> list[int]:
+    return buckets.tolist() if hasattr(buckets, "tolist") else list(buckets)
+
+
+def _parts(items: list[int], size: int) -> list[list[int]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _pack_one(command: tuple[Any, ...]) -> bytes:
+    from ringkit._redisio import pack
+
+    return pack([command])
+
+
 class _RedisPending:
     """One RedisNode call: ``call`` is the transport call (run by the store's round together
     with other nodes' calls, or by ``result()`` alone); ``parse()`` turns its replies into the
@@ -415,16 +552,27 @@ class _RedisPending:
     def parse(self) -> tuple[NodeState, Any]:
         if self._parsed is not None:
             return self._parsed
-        state_reply, *rows = self.call.result()
-        state = _state(state_reply)
-        for row in rows:
-            if isinstance(row, Exception):
-                raise row
+        replies = self.call.result()
+        state = _state(replies[0])
         answer: Any
-        if self.op in ("write", "write_if"):
-            answer = [int(a) == 1 for chunk in rows for a in chunk]
+        if self.op in ("read_raw", "read"):
+            rows = replies[1:]
+            for row in rows:
+                if row is not None and row.__class__ is not bytes:
+                    if isinstance(row, Exception):
+                        raise row
+                    raise LayoutError(f"a bucket holds a {type(row).__name__}, not an item")
+            if self.op == "read":
+                answer = [None if row is None else codec.decode(key, row)
+                          for key, row in zip(self.items, rows)]
+            else:
+                answer = rows
         else:
-            answer = [_record(key, row) for key, row in zip(self.items, rows)]
+            answer = []
+            for chunk in replies[1:]:
+                if isinstance(chunk, Exception):
+                    raise chunk
+                answer += [a == 1 for a in chunk]
         self._parsed = (state, answer)
         return self._parsed
 

@@ -14,6 +14,7 @@ and eventual mode's background copies in replicator.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import secrets
@@ -32,7 +33,7 @@ from ringkit.errors import (
     UnknownNodeError,
     WriteOutcome,
 )
-from ringkit.replication import maintenance
+from ringkit.replication import codec, maintenance
 from ringkit.replication.base import MAX_COUNTER, Node, Record, Version
 from ringkit.replication.maintenance import RepairReport
 from ringkit.replication.placement import Placement
@@ -45,6 +46,16 @@ __all__ = ["ReplicatedStore", "VersionConflictError", "RepairReport", "Replicati
 log = logging.getLogger("ringkit.replication")
 
 _ABSENT = object()
+_VHEAD = codec.VERSION_HEAD
+_FLAG = codec.VERSION_HEAD     # the tombstone flag's offset in a blob
+_TOMB = 0x74                   # b"t"
+_BODY = codec.BLOB_HEAD
+_KNOWN_MAX = 100_000           # versions remembered for the one-round-trip path
+
+
+def _take(items: Sequence[Any], ix: Any) -> list[Any]:
+    """items[i] for each i of the index array `ix`."""
+    return [items[i] for i in ix.tolist()]
 
 
 class VersionConflictError(RingkitError, ValueError):
@@ -195,8 +206,10 @@ class ReplicatedStore:
             writer_id = secrets.token_hex(8)
         elif not isinstance(writer_id, str):
             raise TypeError(f"writer_id must be a str, got {type(writer_id).__name__}")
-        elif not writer_id or any(c not in "0123456789abcdef" for c in writer_id):
-            raise ValueError("writer_id must be a non-empty str of lowercase hex digits")
+        elif not writer_id or len(writer_id) > codec.WRITER_ID_DIGITS \
+                or any(c not in "0123456789abcdef" for c in writer_id):
+            raise ValueError(f"writer_id must be a str of 1 to {codec.WRITER_ID_DIGITS} "
+                             f"lowercase hex digits, got {writer_id!r}")
         if on_event is not None and not callable(on_event):
             raise TypeError("on_event must be callable or None")
         self.consistency = consistency
@@ -216,8 +229,9 @@ class ReplicatedStore:
         self._placement = Placement(self._nodes, replicas=self.replicas, vnodes=vnodes,
                                     sloppy=sloppy, is_live=self._table.is_live)
         self._gone: dict[str, Node] = {}         # removed nodes, read until rebalance()
-        self._own: dict[str, Record] = {}        # eventual mode: this instance's writes
-        self._known: dict[str, Version | None] = {}  # last version seen per key (bounded)
+        self._own: dict[str, bytes] = {}         # eventual mode: this instance's writes (blobs)
+        self._known: dict[str, bytes | None] = {}  # last version head seen per key (bounded)
+        self._writer_head = f"{writer_id:0>{codec.WRITER_ID_DIGITS}}"
         self._seq = 0     # per-write sequence number, the tie-break's second half
         self._fast = 2 * self.write_quorum > self.replicas
         self._replicator: Replicator | None = None
@@ -297,32 +311,54 @@ class ReplicatedStore:
         counter = max(current.counter if current else 0, floor) + 1
         if counter > MAX_COUNTER:
             raise RingkitError(f"version counter would pass 2**53 - 1 ({counter})")
-        return Version(counter, f"{self.writer_id}{seq:012x}")
+        return Version(counter, f"{self._writer_head}{seq:012x}")
 
     def _learn(self, key: str, version: Version | None) -> None:
+        head = None if version is None else b"%014x%s" % (version.counter,
+                                                          version.writer.encode())
         with self._state:
             known = self._known
             if key in known:
                 del known[key]
-            elif len(known) >= 100_000:
+            elif len(known) >= _KNOWN_MAX:
                 del known[next(iter(known))]
-            known[key] = version
+            known[key] = head
+
+    def _learn_heads(self, heads: Mapping[str, bytes | None]) -> None:
+        """_learn of a batch (version heads, None for absent)."""
+        with self._state:
+            known = self._known
+            known.update(heads)
+            excess = len(known) - _KNOWN_MAX
+            if excess > 0:
+                for key in list(itertools.islice(known, excess)):
+                    del known[key]
+
+    def _learn_many(self, keys: Sequence[str], blobs: Sequence[bytes | None]) -> None:
+        self._learn_heads({k: None if b is None else b[:_VHEAD] for k, b in zip(keys, blobs)})
+
+    def _guess(self, key: str) -> Version | None:
+        head = self._known.get(key)
+        return None if head is None else codec.version_of(head)
 
     def _own_version(self, key: str, version: Version | None) -> Version | None:
         """`version`, or this instance's own write's if newer: eventual mode reads its own
         writes (and numbers the next one above them) even from replicas that lack them."""
         own = self._own.get(key)
-        if own is not None and (version is None or own.version > version):
-            return own.version
+        if own is not None:
+            mine = codec.version_of(own)
+            if version is None or mine > version:
+                return mine
         return version
 
     def _remember(self, record: Record) -> None:
         # Eventual mode: this instance reads its own writes even from stale replicas.
+        blob = codec.encode(record)
         with self._state:
             held = self._own.get(record.key)
-            if held is None or record.version > held.version:
-                self._own[record.key] = record
-            if len(self._own) > 100_000:
+            if held is None or blob > held:
+                self._own[record.key] = blob
+            if len(self._own) > _KNOWN_MAX:
                 self._own.pop(next(iter(self._own)))
 
     def _record(self, key: str, value: bytes | None, version: Version) -> Record:
@@ -342,60 +378,92 @@ class ReplicatedStore:
         return found.value, found.version
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of many keys, one pipelined call per node."""
-        records = self._read([_check_key(k) for k in keys], "get_many")
-        return [None if r is None else r.value for r in records]
+        """Values of many keys (None where absent or deleted): one pipelined call per node,
+        each key asked of its replicas and answered by its newest version among a read
+        quorum; stale replicas that answered are repaired."""
+        blobs = self._read_blobs([_check_key(k) for k in keys], "get_many")
+        return [None if b is None or b[_FLAG] == _TOMB else b[_BODY:] for b in blobs]
 
     def _read(self, keys: Sequence[str], action: str) -> list[Record | None]:
-        """Each key's newest record from a read quorum of its replicas; the stale replicas that
+        return [None if b is None else codec.decode(k, b)
+                for k, b in zip(keys, self._read_blobs(keys, action))]
+
+    def _read_blobs(self, keys: Sequence[str], action: str) -> list[bytes | None]:
+        """Each key's newest blob from a read quorum of its replicas; the stale replicas that
         answered are repaired (late ones when their replies come)."""
-        if not keys:
+        n = len(keys)
+        if not n:
             return []
-        per_node: dict[str, list[str]] = {}
-        index: dict[str, list[int]] = {}
-        if len(keys) == 1:
+        fields = [k.encode() for k in keys]
+        buckets = codec.buckets_of(fields)
+        if n == 1:
             targets = self._placement.targets(keys[0])[0]
-            per_node = {n: [keys[0]] for n in targets}
+            zero = np.zeros(1, dtype=np.intp)
+            groups = {t: zero for t in targets}
             tally: Tally | OneTally = OneTally(self.read_quorum, targets)
         else:
-            for i, (key, targets) in enumerate(zip(keys, self._placement.targets_many(keys))):
-                for n in targets:
-                    per_node.setdefault(n, []).append(key)
-                    index.setdefault(n, []).append(i)
-            tally = Tally(self.read_quorum, len(keys), index)
-        best: dict[str, Record] = {}
-        out = self._table.round("read", {n: (ks,) for n, ks in per_node.items()}, tally=tally,
-                                late=self._late_repair(per_node, best))
-        answers: dict[str, dict[str, Record | None]] = {}
-        for n, records in out.replies.items():
-            for key, record in zip(per_node[n], records):
-                answers.setdefault(key, {})[n] = record
-        results: list[Record | None] = []
-        repairs: dict[str, list[Record]] = {}
-        for key in keys:
-            got = answers.get(key, {})
-            counted = sum(1 for n in got if n in out.counted)
-            if counted < self.read_quorum:
-                raise self._quorum_error(action, key, self.read_quorum, counted, out)
-            found, stale = reconcile(got, also=self._own.get(key))
-            results.append(found)
-            self._learn(key, None if found is None else found.version)
-            if found is not None:
-                best[key] = found
-                for n in stale:
-                    repairs.setdefault(n, []).append(found)
+            groups = self._placement.group_many(fields)
+            tally = Tally(self.read_quorum, n, groups)
+        per_node = {name: (_take(fields, ix), buckets[ix]) for name, ix in groups.items()}
+        newest: dict[bytes, bytes] = {}
+        out = self._table.round("read_raw", per_node, tally=tally,
+                                late=self._late_repair(per_node, newest))
+        best: list[bytes | None] = [None] * n
+        counted = np.zeros(n, dtype=np.int64)
+        for name, rows in out.replies.items():
+            ix = groups[name]
+            if name in out.counted:
+                counted[ix] += 1
+            for i, row in zip(ix.tolist(), rows):
+                if row is not None:
+                    cur = best[i]
+                    if cur is None or row > cur:
+                        best[i] = row
+        short = np.flatnonzero(counted < self.read_quorum)
+        if len(short):
+            i = int(short[0])
+            raise self._quorum_error(action, keys[i], self.read_quorum, int(counted[i]), out)
+        if self._own:
+            for i, key in enumerate(keys):
+                own = self._own.get(key)
+                if own is not None and (best[i] is None or own > best[i]):  # type: ignore[operator]
+                    best[i] = own
+        repairs: dict[str, tuple[list[bytes], list[int], list[bytes]]] = {}
+        for name, rows in out.replies.items():
+            ix = groups[name]
+            for i, row in zip(ix.tolist(), rows):
+                top = best[i]
+                if top is not None and row != top:
+                    stale = repairs.get(name)
+                    if stale is None:
+                        stale = repairs[name] = ([], [], [])
+                    stale[0].append(fields[i])
+                    stale[1].append(int(buckets[i]))
+                    stale[2].append(top)
+        for i, top in enumerate(best):
+            if top is not None:
+                newest[fields[i]] = top
         if repairs:
-            self._table.round("write", {n: (rs,) for n, rs in repairs.items()}, tally=NOW)
-        return results
+            self._table.round("write_raw", repairs, tally=NOW)
+        learn = self._learn_many if n > 1 else None
+        if learn is not None:
+            learn(keys, best)
+        else:
+            top = best[0]
+            self._learn(keys[0], None if top is None else codec.version_of(top))
+        return best
 
-    def _late_repair(self, keys_of: Mapping[str, Sequence[str]], best: dict[str, Record]
-                     ) -> Callable[[str, Node], Any]:
+    def _late_repair(self, per_node: Mapping[str, tuple[list[bytes], Any]],
+                     newest: dict[bytes, bytes]) -> Callable[[str, Node], Any]:
         """Late handlers for a read: a node whose replies come after the read was decided is
         written the newest versions the read found, where it holds older ones."""
 
         def for_node(name: str, node: Node) -> Any:
             repair = getattr(node, "read_repair", None)
-            return None if repair is None else repair(keys_of[name], best)
+            if repair is None:
+                return None
+            fields, buckets = per_node[name]
+            return repair(fields, buckets, newest)
 
         return for_node
 
@@ -498,7 +566,7 @@ class ReplicatedStore:
         new version is above all of them. Otherwise returns None (and whether the write may
         have been applied somewhere) and the caller reads the versions first."""
         with self._state:
-            guess = self._known.get(key)
+            guess = self._guess(key)
         version = self._next_version(guess, 0 if guess is not None
                                      else self._table.floor(targets))
         record = self._record(key, value, version)
@@ -525,164 +593,224 @@ class ReplicatedStore:
         """
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         keys = [_check_key(k) for k, _ in pairs]
-        values = [_check_value(v) for _, v in pairs]
+        values: list[bytes | None] = [_check_value(v) for _, v in pairs]
+        return self._write_many(keys, values, "put_many")
+
+    def delete_many(self, keys: Iterable[str]) -> list[Version]:
+        """Delete many keys (versioned tombstones, as :meth:`delete`), pipelined as
+        :meth:`put_many`; returns the tombstones' versions in the order of `keys`. Failures
+        raise :class:`ringkit.errors.PartialWriteError` with every key's outcome."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys must be an iterable of str keys, not a single "
+                            f"{type(keys).__name__}")
+        names = [_check_key(k) for k in keys]
+        return self._write_many(names, [None] * len(names), "delete_many")
+
+    def _write_many(self, keys: list[str], values: list[bytes | None], action: str
+                    ) -> list[Version]:
         if len(set(keys)) != len(keys):
-            raise ValueError("items: a key appears more than once")
+            raise ValueError(f"{'items' if action == 'put_many' else 'keys'}: a key appears "
+                             f"more than once")
         if not keys:
             return []
-        done: dict[str, Version] = {}
+        if self._replicator is not None or self.sloppy:
+            # Eventual mode's background copies and sloppy quorums' stand-ins go key by key.
+            return self._write_each(keys, values, action)
+        done: dict[str, bytes] = {}
         maybe: set[str] = set()
         failures: dict[str, object] = {}
-        if self._fast and self._replicator is None and not self.sloppy \
-                and not self._placement.pending:
-            done, maybe = self._put_many_fast(keys, values)
-        rest = [(k, v) for k, v in zip(keys, values) if k not in done]
+        if self._fast and not self._placement.pending:
+            done, maybe = self._write_many_fast(keys, values)
         outcomes: dict[str, WriteOutcome] = {}
-        if rest:
-            acked, refused, unknown, failures = self._put_many_read_first(
-                [k for k, _ in rest], [v for _, v in rest])
+        if len(done) < len(keys):
+            rest = [i for i, k in enumerate(keys) if k not in done]
+            acked, refused, unknown, failures = self._write_many_read_first(
+                [keys[i] for i in rest], [values[i] for i in rest])
             done.update(acked)
             for key in refused:
                 outcomes[key] = WriteOutcome("unknown" if key in maybe else "failed")
             for key in unknown:
                 outcomes[key] = WriteOutcome("unknown")
         if outcomes:
-            for key in keys:
-                if key in done:
-                    outcomes[key] = WriteOutcome("acknowledged", done[key])
-            unknown_n = sum(1 for o in outcomes.values() if o.status == "unknown")
-            failed_n = sum(1 for o in outcomes.values() if o.status == "failed")
-            detail = ", ".join(f"{n} ({type(e).__name__ if isinstance(e, BaseException) else e})"
-                               for n, e in failures.items()) or "none"
-            self._emit("quorum_failed", None, f"put_many: {len(done)} of {len(keys)} "
-                                              f"acknowledged")
-            raise PartialWriteError(
-                f"put_many: {len(done)} of {len(keys)} keys acknowledged, {failed_n} failed "
-                f"(written nowhere), {unknown_n} unknown (some replicas may have stored them; "
-                f"they may become visible later); failed nodes: {detail}",
-                outcomes={k: outcomes[k] for k in keys}, failed=failures)
+            self._partial(action, keys, {k: codec.version_of(h) for k, h in done.items()},
+                          outcomes, failures)
+        return [codec.version_of(done[k]) for k in keys]
+
+    def _write_each(self, keys: list[str], values: list[bytes | None], action: str
+                    ) -> list[Version]:
+        done: dict[str, Version] = {}
+        outcomes: dict[str, WriteOutcome] = {}
+        failures: dict[str, object] = {}
+        for key, value in zip(keys, values):
+            try:
+                done[key] = self._write(key, value, _ABSENT)
+            except QuorumError as exc:
+                outcomes[key] = WriteOutcome(exc.outcome or "unknown")
+                failures.update(exc.failed)
+        if outcomes:
+            self._partial(action, keys, done, outcomes, failures)
         return [done[k] for k in keys]
 
-    def _put_many_fast(self, keys: list[str], values: list[bytes]
-                       ) -> tuple[dict[str, Version], set[str]]:
-        """put_many's one-round-trip path (see _write_fast); returns the keys it wrote, and the
-        keys it may have written somewhere without a quorum."""
-        records = []
-        per_node: dict[str, list[tuple[Record, Version | None]]] = {}
-        index: dict[str, list[int]] = {}
-        all_targets = self._placement.targets_many(keys)
-        floors = self._table.floors()
+    def _partial(self, action: str, keys: list[str], done: Mapping[str, Version],
+                 outcomes: dict[str, WriteOutcome], failures: Mapping[str, object]) -> None:
+        for key in keys:
+            if key in done:
+                outcomes[key] = WriteOutcome("acknowledged", done[key])
+        unknown_n = sum(1 for o in outcomes.values() if o.status == "unknown")
+        failed_n = sum(1 for o in outcomes.values() if o.status == "failed")
+        detail = ", ".join(f"{n} ({type(e).__name__ if isinstance(e, BaseException) else e})"
+                           for n, e in failures.items()) or "none"
+        self._emit("quorum_failed", None, f"{action}: {len(done)} of {len(keys)} acknowledged")
+        raise PartialWriteError(
+            f"{action}: {len(done)} of {len(keys)} keys acknowledged, {failed_n} failed "
+            f"(written nowhere), {unknown_n} unknown (some replicas may have stored them; "
+            f"they may become visible later); failed nodes: {detail}",
+            outcomes={k: outcomes[k] for k in keys}, failed=dict(failures))
+
+    def _versions(self, keys: list[str], fields: list[bytes], values: list[bytes | None],
+                  counters: list[int]) -> list[bytes]:
+        """Blobs of new versions with the given counters and a fresh block of sequence
+        numbers (one lock taken per batch)."""
+        n = len(keys)
         with self._state:
-            guesses = [self._known.get(key) for key in keys]
-            first = self._seq                # a block of sequence numbers, one lock taken
-            self._seq += len(keys)
-        for offset, (key, value, guess, targets) in enumerate(
-                zip(keys, values, guesses, all_targets)):
-            floor = 0 if guess is not None else max((floors.get(n, 0) for n in targets),
-                                                    default=0)
-            counter = max(guess.counter if guess else 0, floor) + 1
-            if counter > MAX_COUNTER:
-                raise RingkitError(f"version counter would pass 2**53 - 1 ({counter})")
-            record = Record(key, value, Version(counter, f"{self.writer_id}{first + offset:012x}"))
-            records.append(record)
-            pair = (record, guess)
-            for n in targets:
-                per_node.setdefault(n, []).append(pair)
-                index.setdefault(n, []).append(offset)
-        out = self._table.round("write_if", {n: (batch,) for n, batch in per_node.items()},
-                                tally=Tally(self.write_quorum, len(keys), index, ok=lambda r: r))
-        applied = np.zeros(len(keys), dtype=np.int64)
-        touched = np.zeros(len(keys), dtype=bool)
-        for n, oks in out.replies.items():
-            ix = np.asarray(index[n], dtype=np.intp)
+            first = self._seq
+            self._seq += n
+        if max(counters) > MAX_COUNTER:
+            raise RingkitError(f"version counter would pass 2**53 - 1 ({max(counters)})")
+        writer = self._writer_head
+        writers = [f"{writer}{seq:012x}" for seq in range(first, first + n)]
+        deleted = int(self._wall() * 1000) if None in values else 0
+        return codec.encode_many(fields, values, counters, writers, deleted)
+
+    def _write_many_fast(self, keys: list[str], values: list[bytes | None]
+                         ) -> tuple[dict[str, bytes], set[str]]:
+        """The batch's one-round-trip path (see _write_fast); returns the keys it wrote (with
+        their blobs' version heads), and the keys it may have written somewhere without a
+        quorum."""
+        n = len(keys)
+        fields = [k.encode() for k in keys]
+        buckets = codec.buckets_of(fields)
+        groups = self._placement.group_many(fields)
+        floors = self._table.floors()
+        floor = np.zeros(n, dtype=np.int64)
+        for name, ix in groups.items():
+            f = floors.get(name, 0)
+            if f:
+                np.maximum.at(floor, ix, f)
+        with self._state:
+            known = self._known
+            guesses = [known.get(k) for k in keys]
+        floor_l = floor.tolist()
+        counters = [(int(g[:14], 16) if g is not None else fl) + 1
+                    for g, fl in zip(guesses, floor_l)]
+        blobs = self._versions(keys, fields, values, counters)
+        expected = [g or b"" for g in guesses]
+        per_node = {name: (_take(fields, ix), buckets[ix], _take(blobs, ix), _take(expected, ix))
+                    for name, ix in groups.items()}
+        out = self._table.round("write_if_raw", per_node,
+                                tally=Tally(self.write_quorum, n, groups, ok=lambda r: r))
+        applied = np.zeros(n, dtype=np.int64)
+        touched = np.zeros(n, dtype=bool)
+        for name, oks in out.replies.items():
+            ix = groups[name]
             flags = np.asarray(oks, dtype=bool)
             touched[ix] |= flags
-            if n in out.counted:
+            if name in out.counted:
                 applied[ix] += flags
-        for n in (*(f for f in out.failed if f not in out.unsent), *out.late):
-            if n in index:
-                touched[np.asarray(index[n], dtype=np.intp)] = True
-        done = {}
+        for name in (*(f for f in out.failed if f not in out.unsent), *out.late):
+            if name in groups:
+                touched[groups[name]] = True
+        done: dict[str, bytes] = {}
         for i in np.flatnonzero(applied >= self.write_quorum).tolist():
-            record = records[i]
-            done[record.key] = record.version
-            self._learn(record.key, record.version)
-        maybe = {records[i].key for i in np.flatnonzero(touched).tolist()
-                 if records[i].key not in done}
+            done[keys[i]] = blobs[i][:_VHEAD]
+        self._learn_heads(done)
+        maybe = {keys[i] for i in np.flatnonzero(touched).tolist() if keys[i] not in done}
         return done, maybe
 
-    def _put_many_read_first(self, keys: list[str], values: list[bytes]
-                             ) -> tuple[dict[str, Version], list[str], list[str],
-                                        dict[str, object]]:
-        """Read the versions, then write: returns (acknowledged, keys that missed the read
-        quorum and were not written, keys written without a quorum, failed nodes)."""
-        per_node: dict[str, list[str]] = {}
-        index: dict[str, list[int]] = {}
-        for i, (key, targets) in enumerate(zip(keys, self._placement.targets_many(keys))):
-            for n in targets:
-                per_node.setdefault(n, []).append(key)
-                index.setdefault(n, []).append(i)
-        out = self._table.round("read", {n: (ks,) for n, ks in per_node.items()},
-                                tally=Tally(self.read_quorum, len(keys), index))
-        current: dict[str, Version | None] = {}
-        floor: dict[str, int] = {}
-        answered: dict[str, int] = {}
-        for n, found in out.replies.items():
-            node_floor = out.floors.get(n, 0)
-            for key, record in zip(per_node[n], found):
-                if n in out.counted:
-                    answered[key] = answered.get(key, 0) + 1
-                if node_floor > floor.get(key, 0):
-                    floor[key] = node_floor
-                seen = current.get(key)
-                if record is not None and (seen is None or record.version > seen):
-                    current[key] = record.version
-        refused = [k for k in keys if answered.get(k, 0) < self.read_quorum]
-        skip = set(refused)
-        records: dict[str, Record] = {}
-        for key, value in zip(keys, values):
-            if key not in skip:
-                version = self._next_version(self._own_version(key, current.get(key)),
-                                             floor.get(key, 0))
-                records[key] = Record(key, value, version)
-        writes: dict[str, list[Record]] = {}
-        windex: dict[str, list[int]] = {}
-        order = {k: i for i, k in enumerate(records)}
-        for n, ks in per_node.items():
-            if n in out.failed:
-                continue
-            batch = [records[k] for k in ks if k in records]
-            if batch:
-                writes[n] = batch
-                windex[n] = [order[r.key] for r in batch]
-        written = self._table.round("write", {n: (rs,) for n, rs in writes.items()},
-                                    tally=Tally(self.write_quorum, len(records), windex))
-        acks: dict[str, int] = {}
-        for n in written.replies:
-            if n in written.counted:
-                for record in writes[n]:
-                    acks[record.key] = acks.get(record.key, 0) + 1
-        if self.consistency == "eventual":
-            for record in records.values():
-                self._remember(record)
-        if self.sloppy:
-            self._hint_failed({n: rs for n, rs in writes.items() if n in written.failed},
-                              list(writes))
-        acked: dict[str, Version] = {}
-        unknown = []
-        reached = {n for n in writes if written.reached([n])}
-        reached_keys = {r.key for n in reached for r in writes[n]}
-        for key, record in records.items():
-            if acks.get(key, 0) >= self.write_quorum:
-                acked[key] = record.version
-                self._learn(key, record.version)
-            elif key in reached_keys:
-                unknown.append(key)
-            else:
-                refused.append(key)
-        failures: dict[str, object] = {**out.failed, **written.failed}
-        for n in (*out.late, *written.late):
-            failures.setdefault(n, "no answer when the round was decided")
+    def _write_many_read_first(self, keys: list[str], values: list[bytes | None]
+                               ) -> tuple[dict[str, bytes], list[str], list[str],
+                                          dict[str, object]]:
+        """Read the versions, then write: returns (acknowledged keys and their version heads,
+        keys that missed the read quorum and were not written, keys written without a
+        quorum, failed nodes)."""
+        n = len(keys)
+        fields = [k.encode() for k in keys]
+        buckets = codec.buckets_of(fields)
+        groups = self._placement.group_many(fields)
+        per_node = {name: (_take(fields, ix), buckets[ix]) for name, ix in groups.items()}
+        out = self._table.round("read_raw", per_node, tally=Tally(self.read_quorum, n, groups))
+        current: list[bytes | None] = [None] * n
+        floor = np.zeros(n, dtype=np.int64)
+        answered = np.zeros(n, dtype=np.int64)
+        for name, rows in out.replies.items():
+            ix = groups[name]
+            if name in out.counted:
+                answered[ix] += 1
+            f = out.floors.get(name, 0)
+            if f:
+                np.maximum.at(floor, ix, f)
+            for i, row in zip(ix.tolist(), rows):
+                if row is not None:
+                    cur = current[i]
+                    if cur is None or row > cur:
+                        current[i] = row
+        ok = answered >= self.read_quorum
+        refused = [keys[i] for i in np.flatnonzero(~ok).tolist()]
+        go = np.flatnonzero(ok)
+        acked: dict[str, bytes] = {}
+        unknown: list[str] = []
+        failures: dict[str, object] = dict(out.failed)
+        if len(go):
+            floor_l = floor.tolist()
+            own = self._own
+            counters = []
+            for i in go.tolist():
+                top = current[i]
+                held = own.get(keys[i]) if own else None
+                if held is not None and (top is None or held > top):
+                    top = held
+                counters.append(max(int(top[:14], 16) if top is not None else 0,
+                                    floor_l[i]) + 1)
+            wkeys = [keys[i] for i in go.tolist()]
+            wfields = _take(fields, go)
+            blobs = self._versions(wkeys, wfields, [values[i] for i in go.tolist()], counters)
+            position = np.full(n, -1, dtype=np.intp)
+            position[go] = np.arange(len(go))
+            writes = {}
+            windex = {}
+            for name, ix in groups.items():
+                if name in out.failed:
+                    continue
+                mine = position[ix]
+                mine = mine[mine >= 0]
+                if len(mine):
+                    writes[name] = (_take(wfields, mine), buckets[go][mine], _take(blobs, mine))
+                    windex[name] = mine
+            written = self._table.round("write_raw", writes,
+                                        tally=Tally(self.write_quorum, len(go), windex))
+            acks = np.zeros(len(go), dtype=np.int64)
+            reached = np.zeros(len(go), dtype=bool)
+            for name in writes:
+                if name in written.counted:
+                    acks[windex[name]] += 1
+                if written.reached([name]):
+                    reached[windex[name]] = True
+            for j in range(len(go)):
+                if acks[j] >= self.write_quorum:
+                    acked[wkeys[j]] = blobs[j][:_VHEAD]
+                elif reached[j]:
+                    unknown.append(wkeys[j])
+                else:
+                    refused.append(wkeys[j])
+            self._learn_heads(acked)
+            if self.consistency == "eventual":
+                for j, key in enumerate(wkeys):
+                    self._remember(codec.decode(key, blobs[j]))
+            failures.update(written.failed)
+            for name in written.late:
+                failures.setdefault(name, "no answer when the round was decided")
+        for name in out.late:
+            failures.setdefault(name, "no answer when the round was decided")
         return acked, refused, unknown, failures
 
     # -- sloppy quorums: stand-ins and hints ------------------------------------------------------

@@ -60,7 +60,7 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in ("_arrays", "_hashing", "_ring", "_select", "_placement")
+    for name in ("_arrays", "_hashing", "_ring", "_select", "_placement", "_records")
 ]
 
 setup(

@@ -137,7 +137,7 @@ def test_a_memory_node_revived_empty_is_not_new() -> None:
 class _PurgeFails(MemoryNode):
     """A node whose link fails during a purge (every other call answers)."""
 
-    def remove(self, records):  # type: ignore[no-untyped-def]
+    def purge_raw(self, fields, buckets, heads):  # type: ignore[no-untyped-def]
         raise NodeDown(f"{self.name}: link failed during the purge")
 
 
@@ -179,13 +179,13 @@ def test_b_redis_floors_survive_a_partial_purge_and_a_refill(redis_servers) -> N
     wait_until(lambda: all(r is not None and r.tombstone
                            for node in nodes.values() for r in node.read(keys)[1]))
     failing = nodes["r2"]
-    original = failing.remove
-    failing.remove = lambda records: (_ for _ in ()).throw(  # type: ignore[method-assign]
+    original = failing.purge_raw
+    failing.purge_raw = lambda *args: (_ for _ in ()).throw(  # type: ignore[method-assign]
         ConnectionError("link failed during the purge"))
     try:
         assert store.repair().tombstones_purged == 100
     finally:
-        failing.remove = original                    # type: ignore[method-assign]
+        failing.purge_raw = original                 # type: ignore[method-assign]
     floor = max(t.counter for t in tombstones.values())
     assert nodes["r0"].get_floor() == nodes["r1"].get_floor() == floor
     servers[0].kill()

@@ -142,15 +142,17 @@ class Packed:
         raise IndexError("a Packed batch holds no scripts to send again")
 
 
-def pack(commands: Sequence[tuple[Any, ...]] | Packed) -> bytes:
+def pack(commands: Sequence[tuple[Any, ...] | bytes] | Packed) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
-    on a fast network; this one only handles what ringkit sends: bytes, str, int)."""
+    on a fast network; this one only handles what ringkit sends: bytes, str, int). A command
+    given as bytes is already RESP (ringkit._records packs the store's batches)."""
     if commands.__class__ is Packed:
         return commands.data  # type: ignore[union-attr]
     if _c_pack is not None:
         if len(commands) == 1:
-            return _c_pack(commands[0])  # type: ignore[no-any-return]
-        return b"".join([_c_pack(command) for command in commands])
+            one = commands[0]
+            return one if one.__class__ is bytes else _c_pack(one)  # type: ignore[return-value]
+        return b"".join([c if c.__class__ is bytes else _c_pack(c) for c in commands])
     return pack_python(commands)
 
 
@@ -159,6 +161,9 @@ def pack_python(commands: Sequence[tuple[Any, ...]]) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     for command in commands:
+        if command.__class__ is bytes:     # a command already in RESP
+            append(command)  # type: ignore[arg-type]
+            continue
         append(b"*%d\r\n" % len(command))
         for a in command:
             kind = a.__class__

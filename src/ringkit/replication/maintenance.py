@@ -13,9 +13,16 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import time
+
+import numpy as np
+import numpy.typing as npt
+
 from ringkit.errors import QuorumError
+from ringkit.replication import codec
 from ringkit.replication.base import MARKER_READY, Record
 from ringkit.replication.placement import Placement
+from ringkit.ring import HashRing
 from ringkit.replication.rounds import NodeTable, reconcile
 
 __all__ = ["RepairReport", "initialize", "handoff", "repair", "refill", "rebalance"]
@@ -25,7 +32,12 @@ log = logging.getLogger("ringkit.replication")
 
 @dataclass
 class RepairReport:
-    """What :meth:`ReplicatedStore.repair` did."""
+    """What :meth:`ReplicatedStore.repair` did.
+
+    ``keys_checked`` counts every key the pass covered: ``keys_scanned`` of them had their
+    versions read and compared one by one, the others lay in buckets whose digests agreed on
+    every replica (``buckets_skipped``). ``keys_repaired`` keys had a stale or missing replica,
+    ``replicas_repaired`` copies were written for them, carrying ``bytes_moved`` bytes."""
 
     keys_checked: int = 0
     replicas_repaired: int = 0
@@ -33,6 +45,64 @@ class RepairReport:
     hints_delivered: int = 0
     nodes_refilled: list[str] = field(default_factory=list)
     nodes_unreachable: list[str] = field(default_factory=list)
+    keys_scanned: int = 0
+    keys_repaired: int = 0
+    bytes_moved: int = 0
+    buckets_scanned: int = 0
+    buckets_skipped: int = 0
+    seconds: float = 0.0
+
+
+#: Buckets whose versions one maintenance round reads from every node.
+BUCKETS_PER_ROUND = 512
+
+
+def bucket_owners(ring: HashRing, replicas: int) -> tuple[npt.NDArray[np.bool_],
+                                                          npt.NDArray[np.int32]]:
+    """For every bucket (codec: the top BUCKET_BITS of a key's ring position): whether all its
+    keys have the same preference list, and that list (indices into ``ring.nodes``; rows of
+    buckets that are not uniform are meaningless). A bucket is uniform when no ring point lies
+    inside its range, so that every key in it goes to the same first point."""
+    state = ring._ring_state
+    points = np.asarray(state.points_array, dtype=np.uint64)
+    owners = np.asarray(state.owners_array, dtype=np.int64)
+    count = min(replicas, len(ring.nodes))
+    shift = np.uint64(64 - codec.BUCKET_BITS)
+    lo = np.arange(codec.N_BUCKETS, dtype=np.uint64) << shift
+    first = np.searchsorted(points, lo, side="left")
+    # The first point at or past the bucket's end: equal to `first` when none lies inside.
+    end = np.searchsorted(points, lo + ((np.uint64(1) << shift) - np.uint64(1)), side="right")
+    uniform = first == end
+    n_points = len(points)
+    cache: dict[int, list[int]] = {}
+
+    def walk(i: int) -> list[int]:
+        """The distinct owners clockwise from point i (mod the ring)."""
+        i %= n_points
+        chosen = cache.get(i)
+        if chosen is None:
+            chosen = []
+            j = i
+            while len(chosen) < count:
+                owner = int(owners[j])
+                if owner not in chosen:
+                    chosen.append(owner)
+                j = (j + 1) % n_points
+            cache[i] = chosen
+        return chosen
+
+    table = np.zeros((codec.N_BUCKETS, count), dtype=np.int32)
+    start = np.where(first >= n_points, 0, first) % max(n_points, 1)
+    for i in np.unique(start).tolist():
+        table[start == i] = walk(i)
+    # A bucket with points inside is uniform still when every part of it has the same
+    # replicas (as a set: repair compares replicas, not their order).
+    for b in np.flatnonzero(~uniform).tolist():
+        sets = {frozenset(walk(i)) for i in range(int(first[b]), int(end[b]) + 1)}
+        if len(sets) == 1:
+            uniform[b] = True
+            table[b] = sorted(sets.pop())
+    return uniform, table
 
 
 def initialize(table: NodeTable) -> list[str]:
@@ -122,68 +192,191 @@ def _read(table: NodeTable, per_node: dict[str, list[str]]
     return answers, set(out.failed) | out.late
 
 
+Progress = Callable[[int, int, "RepairReport"], object]
+
+
 def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, now_ms: int,
-           batch: int, emit: Callable[[str, str | None, str], None]) -> RepairReport:
-    """Anti-entropy: every replica of every key brought to its newest version, tombstones purged
-    once every replica holds them and the grace passed, hints delivered, and nodes that came
-    back empty (or are new) marked ready by a pass that reached every node."""
+           batch: int, emit: Callable[[str, str | None, str], None],
+           progress: Progress | None = None, clock: Callable[[], float] = time.monotonic
+           ) -> RepairReport:
+    """Anti-entropy, bucket by bucket: every replica of every key brought to its newest
+    version, tombstones purged once every replica holds them and the grace passed, hints
+    delivered, and nodes that came back empty (or are new) marked ready by a pass that reached
+    every node.
+
+    Each node first reports a digest per bucket (the XOR of its items' hashes, computed from
+    what it holds at that moment). A bucket whose keys share one preference list, whose
+    replicas' digests and item counts agree, that no other node holds items of, and that holds
+    no tombstone, is in sync and skipped. Every other bucket has its items' versions read from
+    every node; the newest version of each key is copied (read from one node that holds it)
+    to its replicas that lack it. A digest is never kept between passes, so writes, partial
+    writes, purges, stand-ins' copies and rebalancing cannot leave one stale: at worst a
+    write racing the pass makes a bucket differ, and it is compared key by key.
+
+    `progress(buckets_done, buckets_total, report)` is called after each round of buckets.
+    """
+    started = clock()
     report = RepairReport()
     table.probe()
     report.hints_delivered = handoff(table, emit)
-    ordered = sorted(_scan(table, batch, report.nodes_unreachable))
-    reachable = [n for n in table.everyone if n not in report.nodes_unreachable]
+    nodes = table.everyone
+    every_bucket = list(range(codec.N_BUCKETS))
+    digests: dict[str, list[tuple[int, int, int]]] = {}
+    for name, node in nodes.items():
+        try:
+            digests[name] = node.digests_raw(every_bucket)
+        except Exception as exc:  # noqa: BLE001
+            table.mark_down(name, exc)
+            report.nodes_unreachable.append(name)
+    reachable = list(digests)
     clean = {name: True for name in reachable}
-    unread: set[str] = set()
-    for start in range(0, len(ordered), batch):
-        chunk = ordered[start:start + batch]
-        prefs = placement.preference_many(chunk)
-        per_node: dict[str, list[str]] = {}
-        for key, targets in zip(chunk, placement.targets_many(chunk)):
-            for n in targets:
-                per_node.setdefault(n, []).append(key)
-        answers, missed = _read(table, per_node)
-        for n in missed:
-            clean[n] = False
-            unread.add(n)
-        writes: dict[str, list[Record]] = {}
-        purge: dict[str, list[Record]] = {}
-        for key, holders in zip(chunk, prefs):
-            found = answers.get(key, {})
-            best, stale = reconcile(found, holders)
-            report.keys_checked += 1
-            if best is None:
-                continue
-            # Purge only once every replica holds the tombstone itself (or nothing): a replica
-            # still holding an older live value would otherwise outlive the tombstone and bring
-            # the deleted value back. Such a replica gets the tombstone below, and the next
-            # repair() purges it.
-            held = {n: None if r is None else r.version for n, r in found.items()}
-            settled = all(n in held and held[n] in (None, best.version) for n in holders)
-            if best.tombstone and settled and now_ms - best.deleted_ms >= tombstone_grace * 1000:
-                for n, r in found.items():
-                    if r is not None:
-                        purge.setdefault(n, []).append(r)
-                continue
-            for n in stale:
-                writes.setdefault(n, []).append(best)
+    ring, old = placement.rings()
+    pending = old is not None
+    uniform, owner_rows = bucket_owners(ring, placement.replicas)
+    names = ring.nodes
+    index = {name: i for i, name in enumerate(reachable)}
+    xs = np.zeros((len(reachable), codec.N_BUCKETS), dtype=np.uint64)
+    ns = np.zeros((len(reachable), codec.N_BUCKETS), dtype=np.int64)
+    ts = np.zeros((len(reachable), codec.N_BUCKETS), dtype=np.int64)
+    for name, rows in digests.items():
+        arr = np.asarray(rows, dtype=object) if rows else np.zeros((0, 3), dtype=object)
+        xs[index[name]] = np.asarray([r[0] for r in rows], dtype=np.uint64)
+        ns[index[name]] = arr[:, 1].astype(np.int64)
+        ts[index[name]] = arr[:, 2].astype(np.int64)
+    visit = np.ones(codec.N_BUCKETS, dtype=bool)
+    if not pending and not placement.sloppy and len(reachable) == len(nodes):
+        # Replica r of each bucket, as a row of the digest arrays (-1: not reachable).
+        rows_of = np.asarray([index.get(n, -1) for n in names], dtype=np.int64)
+        reps = rows_of[owner_rows]                       # (buckets, replicas)
+        cols = np.arange(codec.N_BUCKETS)
+        first_x = xs[reps[:, 0], cols]
+        first_n = ns[reps[:, 0], cols]
+        agree = np.ones(codec.N_BUCKETS, dtype=bool)
+        for r in range(reps.shape[1]):
+            agree &= (xs[reps[:, r], cols] == first_x) & (ns[reps[:, r], cols] == first_n)
+        stray = ns.sum(axis=0) - np.asarray([ns[reps[:, r], cols] for r in
+                                             range(reps.shape[1])]).sum(axis=0)
+        tombs = ts.sum(axis=0)
+        visit = ~(uniform & agree & (stray == 0) & (tombs == 0)) & (ns.sum(axis=0) > 0)
+        skipped = ~visit
+        report.buckets_skipped = int(skipped.sum())
+        report.keys_checked += int(first_n[skipped].sum())
+    else:
+        # A membership change waiting for rebalance(), stand-ins, or a node out of reach:
+        # every bucket any node holds items of is compared key by key.
+        visit = ns.sum(axis=0) > 0
+    targets = np.flatnonzero(visit).tolist()
+    total = len(targets)
+    done = 0
+    if progress is not None:
+        progress(0, total, report)
+    for start in range(0, total, batch):
+        part = targets[start:start + batch]
+        _repair_buckets(table, placement, part, reachable, report, clean,
+                        tombstone_grace=tombstone_grace, now_ms=now_ms)
+        done += len(part)
+        report.buckets_scanned += len(part)
+        if progress is not None:
+            progress(done, total, report)
+    report.keys_checked += report.keys_scanned
+    # A node that came back empty is refilled only by a pass that read every node: the one
+    # other copy of an acknowledged write may be on a node that this pass missed, and counting
+    # the empty node then would let a read miss that write.
+    if not report.nodes_unreachable:
+        refill(table, [n for n, ok in clean.items() if ok], report, emit)
+    report.seconds = clock() - started
+    return report
+
+
+def _repair_buckets(table: NodeTable, placement: Placement, buckets: list[int],
+                    reachable: list[str], report: RepairReport, clean: dict[str, bool], *,
+                    tombstone_grace: float, now_ms: int) -> None:
+    """Compare the items of `buckets` on every reachable node, key by key, and repair them."""
+    nodes = table.everyone
+    heads: dict[bytes, dict[str, bytes]] = {}
+    answered: set[str] = set()
+    for name in reachable:
+        try:
+            items = nodes[name].versions_raw(buckets)
+        except Exception as exc:  # noqa: BLE001
+            table.mark_down(name, exc)
+            clean[name] = False
+            if name not in report.nodes_unreachable:
+                report.nodes_unreachable.append(name)
+            continue
+        answered.add(name)
+        for _, f, head in items:
+            heads.setdefault(f, {})[name] = head
+    if not heads:
+        return
+    fields = list(heads)
+    report.keys_scanned += len(fields)
+    keys = [f.decode() for f in fields]
+    prefs = placement.preference_many(keys)
+    fetch: dict[str, list[int]] = {}          # node -> positions of keys to read whole from it
+    best_of: list[bytes] = []
+    stale_of: list[list[str]] = []
+    purge: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    grace_ms = tombstone_grace * 1000
+    cut = codec.VERSION_HEAD
+    for i, (f, held) in enumerate(zip(fields, heads.values())):
+        top = max(held.values())
+        best_of.append(top)
+        version = top[:cut]
+        holders = prefs[i]
+        if top[cut] == 0x74 and len(top) > codec.BLOB_HEAD \
+                and now_ms - int(top[codec.BLOB_HEAD:]) >= grace_ms \
+                and all(n in answered and held.get(n, version)[:cut] == version
+                        for n in holders):
+            # Purge only once every replica holds the tombstone itself (or nothing): a
+            # replica still holding an older live value would otherwise outlive the tombstone
+            # and bring the deleted value back. Each node purges the version it holds.
+            for n, h in held.items():
+                entry = purge.setdefault(n, ([], []))
+                entry[0].append(f)
+                entry[1].append(h[:cut])
+            stale_of.append([])
+            continue
+        stale = [n for n in holders
+                 if n in answered and (n not in held or held[n][:cut] != version)]
+        stale_of.append(stale)
+        if stale:
+            source = next(n for n, h in held.items() if h[:cut] == version)
+            fetch.setdefault(source, []).append(i)
+    # Read the newest versions whole from a node that holds each, then write them.
+    whole: dict[int, bytes] = {}
+    if fetch:
+        buckets_of = codec.buckets_of(fields)
+        out = table.round("read_raw", {n: (fields, buckets_of,
+                                           np.asarray(ix, dtype=np.intp))
+                                       for n, ix in fetch.items()}, every=True)
+        for n, ix in fetch.items():
+            for i, blob in zip(ix, out.replies.get(n, ())):
+                if blob is not None and blob[:cut] == best_of[i][:cut]:
+                    whole[i] = blob     # (changed since: left to the next pass)
+        writes: dict[str, list[int]] = {}
+        for i, blob in whole.items():
+            report.keys_repaired += 1
+            for n in stale_of[i]:
+                writes.setdefault(n, []).append(i)
                 report.replicas_repaired += 1
+                report.bytes_moved += len(blob)
         if writes:
-            written = table.round("write", {n: (rs,) for n, rs in writes.items()}, every=True)
+            blobs = [whole.get(i, b"") for i in range(len(fields))]
+            written = table.round("write_raw", {n: (fields, buckets_of, blobs,
+                                                    np.asarray(ix, dtype=np.intp))
+                                                for n, ix in writes.items()}, every=True)
             for n in (*written.failed, *written.late):
                 clean[n] = False
-        for n, records in purge.items():
-            try:
-                table.everyone[n].remove(records)
-                report.tombstones_purged += len(records)
-                table.note_floor(n, max(r.version.counter for r in records))
-            except Exception as exc:  # noqa: BLE001
-                table.mark_down(n, exc)
-    # A node that came back empty is refilled only by a pass that scanned and read every node:
-    # the one other copy of an acknowledged write may be on a node that this pass missed, and
-    # counting the empty node then would let a read miss that write.
-    if not report.nodes_unreachable and not unread:
-        refill(table, [n for n, ok in clean.items() if ok], report, emit)
-    return report
+        for n in (*out.failed, *out.late):
+            clean[n] = False
+    for n, (fs, hs) in purge.items():
+        try:
+            nodes[n].purge_raw(fs, codec.buckets_of(fs), hs)
+            report.tombstones_purged += len(fs)
+            table.note_floor(n, max(int(h[:14], 16) for h in hs))
+        except Exception as exc:  # noqa: BLE001
+            table.mark_down(n, exc)
 
 
 def refill(table: NodeTable, candidates: Iterable[str], report: RepairReport,

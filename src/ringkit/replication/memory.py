@@ -84,18 +84,25 @@ class MemoryNode(RecordMethods):
         except Exception as exc:  # noqa: BLE001 - delivered by result()
             return Done(error=exc)
 
-    def read_raw(self, fields: Sequence[bytes], buckets: Any = None
+    def read_raw(self, fields: Sequence[bytes], buckets: Any = None, ix: Any = None
                  ) -> tuple[NodeState, list[bytes | None]]:
-        """The blob of each key (None where absent)."""
+        """The blob of each key at positions `ix` of `fields` (None: all), None where
+        absent."""
+        if ix is not None:
+            fields = [fields[i] for i in ix.tolist()]
         with self._lock:
             self._check()
             get = self._items.get
             return self._state(), [get(f) for f in fields]
 
-    def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes]
-                  ) -> tuple[NodeState, list[bool]]:
-        """Store each blob that is newer than the one held (a greater blob is a newer
-        version); whether each was applied."""
+    def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
+                  ix: Any = None) -> tuple[NodeState, list[bool]]:
+        """Store each blob (at positions `ix`; None: all) that is newer than the one held (a
+        greater blob is a newer version); whether each was applied."""
+        if ix is not None:
+            at = ix.tolist()
+            fields = [fields[i] for i in at]
+            blobs = [blobs[i] for i in at]
         with self._lock:
             self._check()
             items = self._items
@@ -112,9 +119,15 @@ class MemoryNode(RecordMethods):
             return self._state(), applied
 
     def write_if_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
-                     expected: Sequence[bytes]) -> tuple[NodeState, list[bool]]:
-        """Store each blob only where the held version is exactly `expected` (its version
-        head, codec.VERSION_HEAD bytes; b"" for absent, and then only above the floor)."""
+                     expected: Sequence[bytes], ix: Any = None) -> tuple[NodeState, list[bool]]:
+        """Store each blob (at positions `ix`; None: all) only where the held version is
+        exactly `expected` (its version head, codec.VERSION_HEAD bytes; b"" for absent, and
+        then only above the floor)."""
+        if ix is not None:
+            at = ix.tolist()
+            fields = [fields[i] for i in at]
+            blobs = [blobs[i] for i in at]
+            expected = [expected[i] for i in at]
         with self._lock:
             self._check()
             items = self._items
@@ -147,7 +160,7 @@ class MemoryNode(RecordMethods):
                     self._floor = max(self._floor, int(h[:14], 16))
 
     def _grouped(self, buckets: Sequence[int]) -> dict[int, list[tuple[bytes, bytes]]]:
-        wanted = set(buckets)
+        """The node's items by bucket (of `buckets`), at one moment."""
         with self._lock:
             self._check()
             pairs = list(self._items.items())
@@ -155,9 +168,8 @@ class MemoryNode(RecordMethods):
         if pairs:
             of = codec.buckets_of([f for f, _ in pairs]).tolist()
             for b, pair in zip(of, pairs):
-                if b in wanted:
-                    groups.setdefault(b, []).append(pair)
-        return groups
+                groups.setdefault(b, []).append(pair)
+        return {b: groups[b] for b in buckets if b in groups}
 
     def digests_raw(self, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
         """Per bucket: (XOR of its items' hashes, items, tombstones)."""
@@ -175,7 +187,8 @@ class MemoryNode(RecordMethods):
     def versions_raw(self, buckets: Sequence[int]) -> list[tuple[int, bytes, bytes]]:
         """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes)."""
         groups = self._grouped(buckets)
-        return [(b, f, blob[:codec.BLOB_HEAD]) for b in buckets for f, blob in groups.get(b, ())]
+        return [(b, f, blob if blob[codec.VERSION_HEAD] == 0x74 else blob[:codec.BLOB_HEAD])
+                for b in buckets for f, blob in groups.get(b, ())]
 
     def raise_floor(self, floor: int) -> None:
         with self._lock:

@@ -48,6 +48,11 @@ class Placement:
                 return True
             return False
 
+    def rings(self) -> tuple[HashRing, HashRing | None]:
+        """The ring, and the ring of before a membership change (None once rebalanced)."""
+        with self._guard:
+            return self.ring, self.old
+
     @property
     def pending(self) -> bool:
         return self.old is not None

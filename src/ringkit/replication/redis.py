@@ -18,9 +18,12 @@ items, without moving values.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ringkit._records import pack_apply, pack_hget
 from ringkit._redisio import Call, Late, Link, Packed, client_from_url, gather, script_sha
 from ringkit.replication import codec
 from ringkit.replication.base import NodeState, Record, Version
@@ -51,27 +54,28 @@ return out
 
 # KEYS: the floor key, then one bucket per item. ARGV, 3 per item: key, blob, expected version
 # (its 42 bytes; '' for absent). Stores each blob only where the held version is exactly the
-# expected one; a blob expected absent only if its counter is above the floor (the key may have
-# been purged here at a higher version).
+# expected one (the caller numbers the blob above it); a blob expected absent only if its
+# counter is above the floor (the key may have been purged here at a higher version).
 APPLY_IF = """
 local floor = string.format('%014x', tonumber(redis.call('GET', KEYS[1]) or '0'))
 local out = {}
 for i = 2, #KEYS do
   local j = 3 * i - 5
   local f, b, e = ARGV[j], ARGV[j + 1], ARGV[j + 2]
-  local c = redis.call('HGET', KEYS[i], f)
-  local ok
-  if not c then
-    ok = e == '' and string.sub(b, 1, 14) > floor
+  if e == '' then
+    if string.sub(b, 1, 14) > floor then
+      out[i - 1] = redis.call('HSETNX', KEYS[i], f, b)
+    else
+      out[i - 1] = 0
+    end
   else
-    local held = string.sub(c, 1, 42)
-    ok = e ~= '' and held == e and held < string.sub(b, 1, 42)
-  end
-  if ok then
-    redis.call('HSET', KEYS[i], f, b)
-    out[i - 1] = 1
-  else
-    out[i - 1] = 0
+    local c = redis.call('HGET', KEYS[i], f)
+    if c and string.sub(c, 1, 42) == e then
+      redis.call('HSET', KEYS[i], f, b)
+      out[i - 1] = 1
+    else
+      out[i - 1] = 0
+    end
   end
 end
 return out
@@ -126,15 +130,20 @@ return out
 """
 
 # KEYS: buckets. Per bucket: its item count, then key and blob head (59 bytes: version, flag,
-# item hash) of each item.
+# item hash) of each item; a tombstone's whole blob (its deletion time).
 VERSIONS = """
 local out = {}
 for i = 1, #KEYS do
   local all = redis.call('HGETALL', KEYS[i])
   out[#out + 1] = #all / 2
   for j = 1, #all, 2 do
+    local b = all[j + 1]
     out[#out + 1] = all[j]
-    out[#out + 1] = string.sub(all[j + 1], 1, 59)
+    if string.byte(b, 43) == 116 then
+      out[#out + 1] = b
+    else
+      out[#out + 1] = string.sub(b, 1, 59)
+    end
   end
 end
 return out
@@ -180,6 +189,7 @@ _SOURCES = {"apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE, "raise_floor
             "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
             "versions": VERSIONS}
 _SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
+_SHA_B = {name: sha.encode() for name, sha in _SHA.items()}
 SCRIPTS = {_SHA[name]: source for name, source in _SOURCES.items()}
 
 
@@ -213,9 +223,6 @@ def _state(reply: Any) -> NodeState:
             f"{codec.LAYOUT_VERSION} (ringkit 0.1 kept one hash per key): migrate it with "
             f"`ringkit store migrate` or clear it (see CHANGELOG)")
     return NodeState(None if marker is None else _text(marker), int(floor or 0))
-
-
-_HGET = b"*3\r\n$4\r\nHGET\r\n"
 
 
 class RedisNode(RecordMethods):
@@ -258,8 +265,9 @@ class RedisNode(RecordMethods):
         self._members_key = f"{prefix}__members__"
         self._layout_key = f"{prefix}__layout__"
         self._prefix_b = prefix.encode()
+        self._floor_key_b = self._floor_key.encode()
+        self._state_packed = _pack_one(self._state_command())
         self._bucket_keys: dict[int, bytes] = {}
-        self._hget_heads: dict[int, bytes] = {}
 
     def bucket_key(self, bucket: int) -> bytes:
         """The Redis key of a bucket's hash."""
@@ -268,58 +276,18 @@ class RedisNode(RecordMethods):
             key = self._bucket_keys[bucket] = b"%sb:%04x" % (self._prefix_b, bucket)
         return key
 
-    def _bucket_hget(self, bucket: int) -> bytes:
-        head = self._hget_heads.get(bucket)
-        if head is None:
-            key = self.bucket_key(bucket)
-            head = self._hget_heads[bucket] = _HGET + b"$%d\r\n%b\r\n" % (len(key), key)
-        return head
-
     def _hints_key(self, target: str) -> str:
         return f"{self.prefix}__hints__:{target}"
 
-    def _chunks(self, fields: Sequence[bytes], blobs: Sequence[bytes]) -> Iterator[range]:
-        """Ranges of items per script call: at most CHUNK items and about CHUNK_BYTES."""
-        n = len(fields)
-        start = 0
-        while start < n:
-            stop = min(n, start + CHUNK)
-            size = 0
-            for i in range(start, stop):
-                size += len(blobs[i])
-                if size > CHUNK_BYTES:
-                    stop = max(i, start + 1)
-                    break
-            yield range(start, stop)
-            start = stop
-
-    def _apply_commands(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
-                        expected: Sequence[bytes] | None = None) -> list[tuple[Any, ...]]:
-        """EVALSHA calls of APPLY (or APPLY_IF, with `expected`) over the items."""
-        keys = [self.bucket_key(b) for b in _as_list(buckets)]
-        commands: list[tuple[Any, ...]] = []
-        for r in self._chunks(fields, blobs):
-            lo, hi = r.start, r.stop
-            n = hi - lo
-            if expected is None:
-                args: list[Any] = [None] * (2 * n)
-                args[0::2] = fields[lo:hi]
-                args[1::2] = blobs[lo:hi]
-                commands.append(("EVALSHA", _SHA["apply"], n, *keys[lo:hi], *args))
-            else:
-                args = [None] * (3 * n)
-                args[0::3] = fields[lo:hi]
-                args[1::3] = blobs[lo:hi]
-                args[2::3] = expected[lo:hi]
-                commands.append(("EVALSHA", _SHA["apply_if"], n + 1, self._floor_key,
-                                 *keys[lo:hi], *args))
-        return commands
-
-    def _read_commands(self, fields: Sequence[bytes], buckets: Any) -> bytes:
-        """HGET of every key, in RESP (one bytes object instead of a command tuple each)."""
-        head = self._bucket_hget
-        return b"".join([head(b) + b"$%d\r\n%b\r\n" % (len(f), f)
-                         for b, f in zip(_as_list(buckets), fields)])
+    def _apply_commands(self, fields: list[bytes], buckets: Any, blobs: list[bytes],
+                        expected: list[bytes] | None = None, ix: Any = None) -> list[bytes]:
+        """EVALSHA calls of APPLY (or APPLY_IF, with `expected`) over the items at positions
+        `ix` (None: all), in RESP."""
+        if expected is None:
+            return pack_apply(_SHA_B["apply"], self._prefix_b, None, fields, buckets, blobs,
+                              None, ix, CHUNK, CHUNK_BYTES)
+        return pack_apply(_SHA_B["apply_if"], self._prefix_b, self._floor_key_b, fields,
+                          buckets, blobs, expected, ix, CHUNK, CHUNK_BYTES)
 
     def _state_command(self) -> tuple[Any, ...]:
         return ("MGET", self._marker_key, self._floor_key, self._layout_key)
@@ -328,7 +296,6 @@ class RedisNode(RecordMethods):
         """Prepare ``op`` (``read_raw``, ``write_raw``, ``write_if_raw``, or the record-level
         ``read``, ``write``, ``write_if``); ``result()`` runs it, or the store runs the
         ``call`` of several nodes' pending calls together."""
-        state = self._state_command()
         items: Sequence[Any] = ()
         if op in ("read", "write", "write_if"):
             items = args[0]
@@ -344,12 +311,17 @@ class RedisNode(RecordMethods):
                         [b"" if e is None else codec.header(e.counter, e.writer, False)[:-1]
                          for _, e in items])
         if op in ("read_raw", "read"):
-            commands: Any = Packed(_pack_one(state) + self._read_commands(*args[:2]),
-                                   1 + len(args[0]))
+            ix = args[2] if len(args) > 2 else None
+            n = len(args[0]) if ix is None else len(ix)
+            commands: Any = Packed(self._state_packed + pack_hget(
+                self._prefix_b, args[0], args[1], ix), 1 + n)
         elif op in ("write_raw", "write"):
-            commands = [state, *self._apply_commands(*args[:3])]
+            ix = args[3] if len(args) > 3 else None
+            commands = [self._state_packed, *self._apply_commands(*args[:3], ix=ix)]
         elif op in ("write_if_raw", "write_if"):
-            commands = [state, *self._apply_commands(*args[:3], expected=args[3])]
+            ix = args[4] if len(args) > 4 else None
+            commands = [self._state_packed,
+                        *self._apply_commands(*args[:3], expected=args[3], ix=ix)]
         else:
             raise ValueError(f"unknown operation {op!r}")
         return _RedisPending(op, items, Call(self.link, commands, SCRIPTS))
@@ -357,17 +329,22 @@ class RedisNode(RecordMethods):
     def _raw(self, op: str, *args: Any) -> tuple[NodeState, Any]:
         return self.submit(op, *args).result()
 
-    def read_raw(self, fields: Sequence[bytes], buckets: Any
+    def read_raw(self, fields: list[bytes], buckets: Any, ix: Any = None
                  ) -> tuple[NodeState, list[bytes | None]]:
-        return self._raw("read_raw", fields, buckets)
+        """The blob of each key at positions `ix` of `fields` (None: all), None where
+        absent; `buckets` are the keys' buckets (codec.buckets_of)."""
+        return self._raw("read_raw", fields, buckets, ix)
 
-    def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes]
+    def write_raw(self, fields: list[bytes], buckets: Any, blobs: list[bytes], ix: Any = None
                   ) -> tuple[NodeState, list[bool]]:
-        return self._raw("write_raw", fields, buckets, blobs)
+        """Store each blob (at positions `ix`) over an older one; whether each was applied."""
+        return self._raw("write_raw", fields, buckets, blobs, ix)
 
-    def write_if_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
-                     expected: Sequence[bytes]) -> tuple[NodeState, list[bool]]:
-        return self._raw("write_if_raw", fields, buckets, blobs, expected)
+    def write_if_raw(self, fields: list[bytes], buckets: Any, blobs: list[bytes],
+                     expected: list[bytes], ix: Any = None) -> tuple[NodeState, list[bool]]:
+        """Store each blob (at positions `ix`) only over exactly its expected version (b"":
+        absent, and then only above the floor); whether each was applied."""
+        return self._raw("write_if_raw", fields, buckets, blobs, expected, ix)
 
     def _run(self, commands: Any) -> list[Any]:
         """One call to this node alone, waited for (within the socket timeout)."""
@@ -423,27 +400,27 @@ class RedisNode(RecordMethods):
                 pos = end
         return out
 
-    def read_repair(self, fields: Sequence[bytes], buckets: Any,
+    def read_repair(self, fields: list[bytes], buckets: Any, ix: Any,
                     newest: Mapping[bytes, bytes]) -> Late:
-        """A late handler for a read of `fields`: when this node's replies come after the read
-        was decided, write it the newest blobs the store found (`newest`, filled in by the
-        store once the read is decided) where the node holds an older one."""
+        """A late handler for a read of the keys at positions `ix` of `fields`: when this
+        node's replies come after the read was decided, write it the newest blobs the store
+        found (`newest`, filled in by the store once the read is decided) where the node holds
+        an older one."""
 
-        def late(replies: list[Any]) -> list[tuple[Any, ...]] | None:
-            stale_f: list[bytes] = []
-            stale_b: list[int] = []
-            stale_v: list[bytes] = []
-            for f, b, row in zip(fields, _as_list(buckets), replies[1:]):
-                best = newest.get(f)
+        def late(replies: list[Any]) -> list[bytes] | None:
+            stale: list[int] = []
+            positions = range(len(fields)) if ix is None else ix.tolist()
+            for i, row in zip(positions, replies[1:]):
+                best = newest.get(fields[i])
                 if best is None or isinstance(row, Exception):
                     continue
                 if row is None or row < best:
-                    stale_f.append(f)
-                    stale_b.append(b)
-                    stale_v.append(best)
-            if not stale_f:
+                    stale.append(i)
+            if not stale:
                 return None
-            return self._apply_commands(stale_f, stale_b, stale_v)
+            blobs = [newest.get(f, b"") for f in fields]
+            return self._apply_commands(fields, buckets, blobs,
+                                        ix=np.asarray(stale, dtype=np.intp))
 
         return late
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ringkit._records import encode_blobs, next_counters, versions_of
 from ringkit.errors import (
     PartialWriteError,
     QuorumError,
@@ -84,6 +85,19 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
     return check_name(key, "key") if key else key
+
+
+def _encode_keys(keys: Sequence[object]) -> list[bytes]:
+    """The UTF-8 bytes of every key of a batch; a key that is not a str, or does not encode,
+    is refused as _check_key refuses it."""
+    try:
+        if all(k.__class__ is str for k in keys):
+            return [k.encode() for k in keys]  # type: ignore[attr-defined]
+    except UnicodeEncodeError:
+        pass
+    for k in keys:
+        _check_key(k)
+    return [k.encode() for k in keys]  # type: ignore[attr-defined]
 
 
 def _check_value(value: object) -> bytes:
@@ -232,6 +246,7 @@ class ReplicatedStore:
         self._own: dict[str, bytes] = {}         # eventual mode: this instance's writes (blobs)
         self._known: dict[str, bytes | None] = {}  # last version head seen per key (bounded)
         self._writer_head = f"{writer_id:0>{codec.WRITER_ID_DIGITS}}"
+        self._writer_b = self._writer_head.encode()
         self._seq = 0     # per-write sequence number, the tie-break's second half
         self._fast = 2 * self.write_quorum > self.replicas
         self._replicator: Replicator | None = None
@@ -325,17 +340,18 @@ class ReplicatedStore:
             known[key] = head
 
     def _learn_heads(self, heads: Mapping[str, bytes | None]) -> None:
-        """_learn of a batch (version heads, None for absent)."""
+        """_learn of a batch (blobs or their version heads, None for absent)."""
+        cut = _VHEAD
         with self._state:
             known = self._known
-            known.update(heads)
+            known.update(zip(heads, [None if b is None else b[:cut] for b in heads.values()]))
             excess = len(known) - _KNOWN_MAX
             if excess > 0:
                 for key in list(itertools.islice(known, excess)):
                     del known[key]
 
     def _learn_many(self, keys: Sequence[str], blobs: Sequence[bytes | None]) -> None:
-        self._learn_heads({k: None if b is None else b[:_VHEAD] for k, b in zip(keys, blobs)})
+        self._learn_heads(dict(zip(keys, blobs)))
 
     def _guess(self, key: str) -> Version | None:
         head = self._known.get(key)
@@ -381,20 +397,23 @@ class ReplicatedStore:
         """Values of many keys (None where absent or deleted): one pipelined call per node,
         each key asked of its replicas and answered by its newest version among a read
         quorum; stale replicas that answered are repaired."""
-        blobs = self._read_blobs([_check_key(k) for k in keys], "get_many")
+        keys = list(keys)
+        blobs = self._read_blobs(keys, "get_many", _encode_keys(keys))
         return [None if b is None or b[_FLAG] == _TOMB else b[_BODY:] for b in blobs]
 
     def _read(self, keys: Sequence[str], action: str) -> list[Record | None]:
         return [None if b is None else codec.decode(k, b)
                 for k, b in zip(keys, self._read_blobs(keys, action))]
 
-    def _read_blobs(self, keys: Sequence[str], action: str) -> list[bytes | None]:
+    def _read_blobs(self, keys: Sequence[str], action: str,
+                    fields: list[bytes] | None = None) -> list[bytes | None]:
         """Each key's newest blob from a read quorum of its replicas; the stale replicas that
         answered are repaired (late ones when their replies come)."""
         n = len(keys)
         if not n:
             return []
-        fields = [k.encode() for k in keys]
+        if fields is None:
+            fields = [k.encode() for k in keys]
         buckets = codec.buckets_of(fields)
         if n == 1:
             targets = self._placement.targets(keys[0])[0]
@@ -404,7 +423,7 @@ class ReplicatedStore:
         else:
             groups = self._placement.group_many(fields)
             tally = Tally(self.read_quorum, n, groups)
-        per_node = {name: (_take(fields, ix), buckets[ix]) for name, ix in groups.items()}
+        per_node = {name: (fields, buckets, ix) for name, ix in groups.items()}
         newest: dict[bytes, bytes] = {}
         out = self._table.round("read_raw", per_node, tally=tally,
                                 late=self._late_repair(per_node, newest))
@@ -428,21 +447,19 @@ class ReplicatedStore:
                 own = self._own.get(key)
                 if own is not None and (best[i] is None or own > best[i]):  # type: ignore[operator]
                     best[i] = own
-        repairs: dict[str, tuple[list[bytes], list[int], list[bytes]]] = {}
+        repairs: dict[str, tuple[list[bytes], Any, list[bytes], Any]] = {}
+        filled: list[bytes] | None = None
         for name, rows in out.replies.items():
             ix = groups[name]
-            for i, row in zip(ix.tolist(), rows):
-                top = best[i]
-                if top is not None and row != top:
-                    stale = repairs.get(name)
-                    if stale is None:
-                        stale = repairs[name] = ([], [], [])
-                    stale[0].append(fields[i])
-                    stale[1].append(int(buckets[i]))
-                    stale[2].append(top)
-        for i, top in enumerate(best):
-            if top is not None:
-                newest[fields[i]] = top
+            stale = [i for i, row in zip(ix.tolist(), rows)
+                     if row != best[i] and best[i] is not None]
+            if stale:
+                if filled is None:
+                    filled = [b or b"" for b in best]
+                repairs[name] = (fields, buckets, filled, np.asarray(stale, dtype=np.intp))
+        if out.late:
+            # The late nodes' handlers (run when their replies come) write them these.
+            newest.update((f, b) for f, b in zip(fields, best) if b is not None)
         if repairs:
             self._table.round("write_raw", repairs, tally=NOW)
         learn = self._learn_many if n > 1 else None
@@ -453,7 +470,7 @@ class ReplicatedStore:
             self._learn(keys[0], None if top is None else codec.version_of(top))
         return best
 
-    def _late_repair(self, per_node: Mapping[str, tuple[list[bytes], Any]],
+    def _late_repair(self, per_node: Mapping[str, tuple[list[bytes], Any, Any]],
                      newest: dict[bytes, bytes]) -> Callable[[str, Node], Any]:
         """Late handlers for a read: a node whose replies come after the read was decided is
         written the newest versions the read found, where it holds older ones."""
@@ -462,8 +479,7 @@ class ReplicatedStore:
             repair = getattr(node, "read_repair", None)
             if repair is None:
                 return None
-            fields, buckets = per_node[name]
-            return repair(fields, buckets, newest)
+            return repair(*per_node[name], newest)
 
         return for_node
 
@@ -591,10 +607,21 @@ class ReplicatedStore:
         (a QuorumError) whose ``outcomes`` give every key's fate: acknowledged (with its
         version), failed (written nowhere) or unknown (see :meth:`put`).
         """
-        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
-        keys = [_check_key(k) for k, _ in pairs]
-        values: list[bytes | None] = [_check_value(v) for _, v in pairs]
-        return self._write_many(keys, values, "put_many")
+        if isinstance(items, Mapping):
+            keys = list(items)
+            raw = list(items.values())
+        else:
+            pairs = list(items)
+            for pair in pairs:
+                if not isinstance(pair, tuple) or len(pair) != 2:
+                    raise TypeError(f"items must be a mapping or (key, value) pairs, got "
+                                    f"{type(pair).__name__}")
+            keys = [k for k, _ in pairs]
+            raw = [v for _, v in pairs]
+        fields = _encode_keys(keys)
+        values: list[bytes | None] = raw if all(v.__class__ is bytes for v in raw) \
+            else [_check_value(v) for v in raw]
+        return self._write_many(keys, values, "put_many", fields)
 
     def delete_many(self, keys: Iterable[str]) -> list[Version]:
         """Delete many keys (versioned tombstones, as :meth:`delete`), pipelined as
@@ -603,11 +630,12 @@ class ReplicatedStore:
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys must be an iterable of str keys, not a single "
                             f"{type(keys).__name__}")
-        names = [_check_key(k) for k in keys]
-        return self._write_many(names, [None] * len(names), "delete_many")
+        names = list(keys)
+        fields = _encode_keys(names)
+        return self._write_many(names, [None] * len(names), "delete_many", fields)  # type: ignore[arg-type]
 
-    def _write_many(self, keys: list[str], values: list[bytes | None], action: str
-                    ) -> list[Version]:
+    def _write_many(self, keys: list[str], values: list[bytes | None], action: str,
+                    fields: list[bytes]) -> list[Version]:
         if len(set(keys)) != len(keys):
             raise ValueError(f"{'items' if action == 'put_many' else 'keys'}: a key appears "
                              f"more than once")
@@ -620,21 +648,22 @@ class ReplicatedStore:
         maybe: set[str] = set()
         failures: dict[str, object] = {}
         if self._fast and not self._placement.pending:
-            done, maybe = self._write_many_fast(keys, values)
+            done, maybe = self._write_many_fast(keys, values, fields)
         outcomes: dict[str, WriteOutcome] = {}
         if len(done) < len(keys):
             rest = [i for i, k in enumerate(keys) if k not in done]
             acked, refused, unknown, failures = self._write_many_read_first(
-                [keys[i] for i in rest], [values[i] for i in rest])
+                [keys[i] for i in rest], [values[i] for i in rest], [fields[i] for i in rest])
             done.update(acked)
             for key in refused:
                 outcomes[key] = WriteOutcome("unknown" if key in maybe else "failed")
             for key in unknown:
                 outcomes[key] = WriteOutcome("unknown")
         if outcomes:
-            self._partial(action, keys, {k: codec.version_of(h) for k, h in done.items()},
+            self._partial(action, keys, dict(zip(done, versions_of(list(done.values()),
+                                                                   Version))),
                           outcomes, failures)
-        return [codec.version_of(done[k]) for k in keys]
+        return versions_of([done[k] for k in keys], Version)  # type: ignore[no-any-return]
 
     def _write_each(self, keys: list[str], values: list[bytes | None], action: str
                     ) -> list[Version]:
@@ -668,27 +697,25 @@ class ReplicatedStore:
             outcomes={k: outcomes[k] for k in keys}, failed=dict(failures))
 
     def _versions(self, keys: list[str], fields: list[bytes], values: list[bytes | None],
-                  counters: list[int]) -> list[bytes]:
+                  counters: Any) -> list[bytes]:
         """Blobs of new versions with the given counters and a fresh block of sequence
         numbers (one lock taken per batch)."""
         n = len(keys)
         with self._state:
             first = self._seq
             self._seq += n
-        if max(counters) > MAX_COUNTER:
-            raise RingkitError(f"version counter would pass 2**53 - 1 ({max(counters)})")
-        writer = self._writer_head
-        writers = [f"{writer}{seq:012x}" for seq in range(first, first + n)]
+        top = int(np.max(counters))
+        if top > MAX_COUNTER:
+            raise RingkitError(f"version counter would pass 2**53 - 1 ({top})")
         deleted = int(self._wall() * 1000) if None in values else 0
-        return codec.encode_many(fields, values, counters, writers, deleted)
+        return encode_blobs(fields, values, counters, self._writer_b, first, deleted)
 
-    def _write_many_fast(self, keys: list[str], values: list[bytes | None]
-                         ) -> tuple[dict[str, bytes], set[str]]:
+    def _write_many_fast(self, keys: list[str], values: list[bytes | None],
+                         fields: list[bytes]) -> tuple[dict[str, bytes], set[str]]:
         """The batch's one-round-trip path (see _write_fast); returns the keys it wrote (with
         their blobs' version heads), and the keys it may have written somewhere without a
         quorum."""
         n = len(keys)
-        fields = [k.encode() for k in keys]
         buckets = codec.buckets_of(fields)
         groups = self._placement.group_many(fields)
         floors = self._table.floors()
@@ -700,13 +727,10 @@ class ReplicatedStore:
         with self._state:
             known = self._known
             guesses = [known.get(k) for k in keys]
-        floor_l = floor.tolist()
-        counters = [(int(g[:14], 16) if g is not None else fl) + 1
-                    for g, fl in zip(guesses, floor_l)]
+        counters = next_counters(guesses, floor)
         blobs = self._versions(keys, fields, values, counters)
         expected = [g or b"" for g in guesses]
-        per_node = {name: (_take(fields, ix), buckets[ix], _take(blobs, ix), _take(expected, ix))
-                    for name, ix in groups.items()}
+        per_node = {name: (fields, buckets, blobs, expected, ix) for name, ix in groups.items()}
         out = self._table.round("write_if_raw", per_node,
                                 tally=Tally(self.write_quorum, n, groups, ok=lambda r: r))
         applied = np.zeros(n, dtype=np.int64)
@@ -720,24 +744,27 @@ class ReplicatedStore:
         for name in (*(f for f in out.failed if f not in out.unsent), *out.late):
             if name in groups:
                 touched[groups[name]] = True
-        done: dict[str, bytes] = {}
-        for i in np.flatnonzero(applied >= self.write_quorum).tolist():
-            done[keys[i]] = blobs[i][:_VHEAD]
+        ok = applied >= self.write_quorum
+        if ok.all():
+            done = dict(zip(keys, blobs))
+            maybe: set[str] = set()
+        else:
+            done = {keys[i]: blobs[i] for i in np.flatnonzero(ok).tolist()}
+            maybe = {keys[i] for i in np.flatnonzero(touched & ~ok).tolist()}
         self._learn_heads(done)
-        maybe = {keys[i] for i in np.flatnonzero(touched).tolist() if keys[i] not in done}
         return done, maybe
 
-    def _write_many_read_first(self, keys: list[str], values: list[bytes | None]
+    def _write_many_read_first(self, keys: list[str], values: list[bytes | None],
+                               fields: list[bytes]
                                ) -> tuple[dict[str, bytes], list[str], list[str],
                                           dict[str, object]]:
         """Read the versions, then write: returns (acknowledged keys and their version heads,
         keys that missed the read quorum and were not written, keys written without a
         quorum, failed nodes)."""
         n = len(keys)
-        fields = [k.encode() for k in keys]
         buckets = codec.buckets_of(fields)
         groups = self._placement.group_many(fields)
-        per_node = {name: (_take(fields, ix), buckets[ix]) for name, ix in groups.items()}
+        per_node = {name: (fields, buckets, ix) for name, ix in groups.items()}
         out = self._table.round("read_raw", per_node, tally=Tally(self.read_quorum, n, groups))
         current: list[bytes | None] = [None] * n
         floor = np.zeros(n, dtype=np.int64)
@@ -773,6 +800,7 @@ class ReplicatedStore:
                                     floor_l[i]) + 1)
             wkeys = [keys[i] for i in go.tolist()]
             wfields = _take(fields, go)
+            wbuckets = buckets[go]
             blobs = self._versions(wkeys, wfields, [values[i] for i in go.tolist()], counters)
             position = np.full(n, -1, dtype=np.intp)
             position[go] = np.arange(len(go))
@@ -784,7 +812,7 @@ class ReplicatedStore:
                 mine = position[ix]
                 mine = mine[mine >= 0]
                 if len(mine):
-                    writes[name] = (_take(wfields, mine), buckets[go][mine], _take(blobs, mine))
+                    writes[name] = (wfields, wbuckets, blobs, mine)
                     windex[name] = mine
             written = self._table.round("write_raw", writes,
                                         tally=Tally(self.write_quorum, len(go), windex))
@@ -797,7 +825,7 @@ class ReplicatedStore:
                     reached[windex[name]] = True
             for j in range(len(go)):
                 if acks[j] >= self.write_quorum:
-                    acked[wkeys[j]] = blobs[j][:_VHEAD]
+                    acked[wkeys[j]] = blobs[j]
                 elif reached[j]:
                     unknown.append(wkeys[j])
                 else:
@@ -902,19 +930,29 @@ class ReplicatedStore:
         """Deliver hints held for nodes that are back; returns how many were delivered."""
         return maintenance.handoff(self._table, self._emit)
 
-    def repair(self, *, batch: int = 500) -> RepairReport:
-        """Anti-entropy: bring every replica of every key up to date, in batches.
+    def repair(self, *, batch: int = 512,
+               progress: Callable[[int, int, RepairReport], object] | None = None
+               ) -> RepairReport:
+        """Anti-entropy: bring every replica of every key up to date, bucket by bucket.
 
-        Reads every key's versions from all its replicas, writes the newest to stale ones,
-        delivers hints, purges tombstones older than ``tombstone_grace`` that every replica
-        holds (raising each node's version floor, so that no later version of a purged key is
-        numbered below it), and lets nodes that came back empty (or are new) count again once
-        they were refilled by a pass that reached every node.
+        Each node reports a digest of each bucket of keys (the top 16 bits of a key's hash);
+        buckets whose replicas agree are skipped, the others are compared key by key (``batch``
+        buckets per round) and the newest version of each key is copied to its replicas that
+        lack it. Also delivers hints, purges tombstones older than ``tombstone_grace`` that
+        every replica holds (raising each node's version floor, so that no later version of a
+        purged key is numbered below it), and lets nodes that came back empty (or are new)
+        count again once they were refilled by a pass that reached every node.
+
+        ``progress(buckets_done, buckets_to_compare, report)`` is called after each round.
+        Returns a :class:`RepairReport` (keys checked, scanned and repaired, bytes moved).
         """
         batch = _check_count(batch, "batch")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable or None")
         return maintenance.repair(self._table, self._placement,
                                   tombstone_grace=self.tombstone_grace,
-                                  now_ms=int(self._wall() * 1000), batch=batch, emit=self._emit)
+                                  now_ms=int(self._wall() * 1000), batch=batch, emit=self._emit,
+                                  progress=progress)
 
     def add_node(self, name: str, node: Node) -> None:
         """Add a node. Until :meth:`rebalance`, reads and writes also go to the old replicas.

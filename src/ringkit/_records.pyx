@@ -24,7 +24,7 @@ __all__ = ["encode_blobs", "next_counters", "pack_apply", "pack_hget", "versions
 
 DEF VERSION_HEAD = 42
 DEF HEAD = 43
-DEF BLOB_HEAD = 59
+DEF BLOB_HEAD = 51
 DEF MAX_COUNTER = 9007199254740991
 
 cdef const char* HEX = b"0123456789abcdef"
@@ -155,6 +155,7 @@ def encode_blobs(list fields, list values, counters, bytes writer_head, uint64_t
     cdef Py_ssize_t cap = 0
     cdef char* out
     cdef uint64_t h
+    cdef int k
     result = [None] * n
     try:
         for i in range(n):
@@ -177,7 +178,8 @@ def encode_blobs(list fields, list values, counters, bytes writer_head, uint64_t
             memcpy(buf, PyBytes_AS_STRING(field), flen)
             memcpy(buf + flen, out, HEAD)
             h = xxh64(<const uint8_t*>buf, flen + HEAD, 0)
-            _hex(out + HEAD, h, 16)
+            for k in range(8):
+                out[HEAD + k] = <char>((h >> (56 - 8 * k)) & 0xFF)
             if v is None:
                 memcpy(out + BLOB_HEAD, tomb, dlen)
             else:

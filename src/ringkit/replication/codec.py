@@ -7,9 +7,9 @@ An item is stored as one blob::
     [14:42]  writer, 28 lowercase hex digits: the store's writer id left-padded with zeros to
              16, then a 12-digit sequence number (see ReplicatedStore)
     [42]     "v" for a value, "t" for a tombstone
-    [43:59]  the item's hash, 16 hex digits: xxh64 of the key's UTF-8 bytes followed by
-             blob[0:43] (what repair's per-bucket digests XOR together)
-    [59:]    the value; for a tombstone, its deletion time in ms (decimal)
+    [43:51]  the item's hash, 8 bytes big-endian: xxh64 of the key's UTF-8 bytes followed
+             by blob[0:43] (what repair's per-bucket digests XOR together)
+    [51:]    the value; for a tombstone, its deletion time in ms (decimal)
 
 Since every field before the value has a fixed width and a version is unique to one write,
 comparing two blobs of one key compares their versions (counter, then writer): a node applies
@@ -42,7 +42,7 @@ SEQ_DIGITS = 12
 WRITER_DIGITS = WRITER_ID_DIGITS + SEQ_DIGITS
 VERSION_HEAD = 14 + WRITER_DIGITS       # counter + writer: the bytes that order versions
 HEAD = VERSION_HEAD + 1                 # + the tombstone flag
-BLOB_HEAD = HEAD + 16                   # + the item hash
+BLOB_HEAD = HEAD + 8                    # + the item hash
 _SHIFT = np.uint64(64 - BUCKET_BITS)
 
 
@@ -87,7 +87,7 @@ def encode_many(fields: Sequence[bytes], values: Sequence[bytes | None],
              for c, w, v in zip(counters, writers, values)]
     hashes = hash64_many([f + h for f, h in zip(fields, heads)]).tolist()
     tomb = b"%d" % deleted_ms
-    return [b"%b%016x%b" % (h, x, tomb if v is None else v)
+    return [h + x.to_bytes(8, "big") + (tomb if v is None else v)
             for h, x, v in zip(heads, hashes, values)]
 
 

@@ -53,8 +53,8 @@ class RepairReport:
     seconds: float = 0.0
 
 
-#: Buckets whose versions one maintenance round reads from every node.
-BUCKETS_PER_ROUND = 512
+#: Buckets whose digests one round asks every node for.
+DIGEST_ROUND = 4096
 
 
 def bucket_owners(ring: HashRing, replicas: int) -> tuple[npt.NDArray[np.bool_],
@@ -220,14 +220,17 @@ def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, no
     table.probe()
     report.hints_delivered = handoff(table, emit)
     nodes = table.everyone
-    every_bucket = list(range(codec.N_BUCKETS))
-    digests: dict[str, list[tuple[int, int, int]]] = {}
-    for name, node in nodes.items():
-        try:
-            digests[name] = node.digests_raw(every_bucket)
-        except Exception as exc:  # noqa: BLE001
-            table.mark_down(name, exc)
-            report.nodes_unreachable.append(name)
+    digests: dict[str, list[tuple[int, int, int]]] = {name: [] for name in nodes}
+    for start in range(0, codec.N_BUCKETS, DIGEST_ROUND):
+        part = list(range(start, start + DIGEST_ROUND))
+        out = table.round("digests", {n: (part,) for n in digests}, every=True)
+        for name in (*out.failed, *out.late):
+            if name in digests:
+                del digests[name]
+                report.nodes_unreachable.append(name)
+        for name, rows in out.replies.items():
+            if name in digests:
+                digests[name] += rows
     reachable = list(digests)
     clean = {name: True for name in reachable}
     ring, old = placement.rings()
@@ -294,17 +297,13 @@ def _repair_buckets(table: NodeTable, placement: Placement, buckets: list[int],
     """Compare the items of `buckets` on every reachable node, key by key, and repair them."""
     nodes = table.everyone
     heads: dict[bytes, dict[str, bytes]] = {}
-    answered: set[str] = set()
-    for name in reachable:
-        try:
-            items = nodes[name].versions_raw(buckets)
-        except Exception as exc:  # noqa: BLE001
-            table.mark_down(name, exc)
-            clean[name] = False
-            if name not in report.nodes_unreachable:
-                report.nodes_unreachable.append(name)
-            continue
-        answered.add(name)
+    out = table.round("versions", {n: (buckets,) for n in reachable}, every=True)
+    for name in (*out.failed, *out.late):
+        clean[name] = False
+        if name not in report.nodes_unreachable:
+            report.nodes_unreachable.append(name)
+    answered = set(out.replies)
+    for name, items in out.replies.items():
         for _, f, head in items:
             heads.setdefault(f, {})[name] = head
     if not heads:

@@ -35,6 +35,8 @@ class MemoryNode(RecordMethods):
         self.name = name or f"memory-{secrets.token_hex(3)}"
         self._lock = threading.Lock()
         self._items: dict[bytes, bytes] = {}     # key (UTF-8) -> blob
+        self._changes = 0         # counts writes, for the cache of items by bucket (repair)
+        self._groups: tuple[int, dict[int, list[tuple[bytes, bytes]]]] | None = None
         self._hints: dict[str, dict[str, Record]] = {}
         self._marker: str | None = None
         self._floor = 0
@@ -55,6 +57,7 @@ class MemoryNode(RecordMethods):
         with self._lock:
             self._down = False
             if empty:
+                self._changes += 1
                 self._items.clear()
                 self._hints.clear()
                 self._marker = None
@@ -105,6 +108,7 @@ class MemoryNode(RecordMethods):
             blobs = [blobs[i] for i in at]
         with self._lock:
             self._check()
+            self._changes += 1
             items = self._items
             get = items.get
             applied = []
@@ -130,6 +134,7 @@ class MemoryNode(RecordMethods):
             expected = [expected[i] for i in at]
         with self._lock:
             self._check()
+            self._changes += 1
             items = self._items
             get = items.get
             floor = b"%014x" % self._floor
@@ -152,6 +157,7 @@ class MemoryNode(RecordMethods):
         its counter in the same step."""
         with self._lock:
             self._check()
+            self._changes += 1
             cut = codec.VERSION_HEAD
             for f, h in zip(fields, heads):
                 cur = self._items.get(f)
@@ -163,32 +169,39 @@ class MemoryNode(RecordMethods):
         """The node's items by bucket (of `buckets`), at one moment."""
         with self._lock:
             self._check()
-            pairs = list(self._items.items())
-        groups: dict[int, list[tuple[bytes, bytes]]] = {}
-        if pairs:
-            of = codec.buckets_of([f for f, _ in pairs]).tolist()
-            for b, pair in zip(of, pairs):
-                groups.setdefault(b, []).append(pair)
+            cached = self._groups
+            if cached is not None and cached[0] == self._changes:
+                groups = cached[1]
+            else:
+                pairs = list(self._items.items())
+                groups = {}
+                if pairs:
+                    of = codec.buckets_of([f for f, _ in pairs]).tolist()
+                    for b, pair in zip(of, pairs):
+                        groups.setdefault(b, []).append(pair)
+                self._groups = (self._changes, groups)
         return {b: groups[b] for b in buckets if b in groups}
 
-    def digests_raw(self, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+    def digests(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, int, int]]]:
         """Per bucket: (XOR of its items' hashes, items, tombstones)."""
         groups = self._grouped(buckets)
         out = []
         for b in buckets:
             x = n = t = 0
             for _, blob in groups.get(b, ()):
-                x ^= int(blob[codec.HEAD:codec.BLOB_HEAD], 16)
+                x ^= int.from_bytes(blob[codec.HEAD:codec.BLOB_HEAD], "big")
                 n += 1
                 t += blob[codec.VERSION_HEAD] == 0x74
             out.append((x, n, t))
-        return out
+        return self._state(), out
 
-    def versions_raw(self, buckets: Sequence[int]) -> list[tuple[int, bytes, bytes]]:
-        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes)."""
+    def versions(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, bytes, bytes]]]:
+        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes; a
+        tombstone's whole blob)."""
         groups = self._grouped(buckets)
-        return [(b, f, blob if blob[codec.VERSION_HEAD] == 0x74 else blob[:codec.BLOB_HEAD])
-                for b in buckets for f, blob in groups.get(b, ())]
+        cut = codec.BLOB_HEAD
+        return self._state(), [(b, f, blob if blob[codec.VERSION_HEAD] == 0x74 else blob[:cut])
+                               for b in buckets for f, blob in groups.get(b, ())]
 
     def raise_floor(self, floor: int) -> None:
         with self._lock:

@@ -81,9 +81,14 @@ end
 return out
 """
 
-# Items per script call, and bytes of values per call.
+# Items per script call, and bytes of values per call: about half a millisecond of a server's
+# time, so that a batch never holds a server past a round's deadline.
 CHUNK = 200
 CHUNK_BYTES = 256 * 1024
+# Buckets per DIGEST and VERSIONS call: about half a millisecond of a server's time at 15 items
+# per bucket (1 M keys on a node), a few milliseconds at 10 M.
+DIGEST_BUCKETS = 32
+VERSION_BUCKETS = 16
 
 # KEYS: the floor key, then one bucket per item. ARGV, 2 per item: key, version (42 bytes).
 # Purges each item only while it holds exactly that version, raising the floor to its counter
@@ -111,14 +116,15 @@ return 1
 # now, in one script (atomic), so nothing has to be kept up to date by writes.
 DIGEST = """
 local out = {}
+local byte, bxor = string.byte, bit.bxor
 for i = 1, #KEYS do
   local all = redis.call('HVALS', KEYS[i])
   local hi, lo, t = 0, 0, 0
   for j = 1, #all do
-    local b = all[j]
-    hi = bit.bxor(hi, tonumber(string.sub(b, 44, 51), 16))
-    lo = bit.bxor(lo, tonumber(string.sub(b, 52, 59), 16))
-    if string.byte(b, 43) == 116 then t = t + 1 end
+    local f, a1, a2, a3, a4, b1, b2, b3, b4 = byte(all[j], 43, 51)
+    hi = bxor(hi, ((a1 * 256 + a2) * 256 + a3) * 256 + a4)
+    lo = bxor(lo, ((b1 * 256 + b2) * 256 + b3) * 256 + b4)
+    if f == 116 then t = t + 1 end
   end
   local k = 4 * i
   out[k - 3] = hi
@@ -129,7 +135,7 @@ end
 return out
 """
 
-# KEYS: buckets. Per bucket: its item count, then key and blob head (59 bytes: version, flag,
+# KEYS: buckets. Per bucket: its item count, then key and blob head (51 bytes: version, flag,
 # item hash) of each item; a tombstone's whole blob (its deletion time).
 VERSIONS = """
 local out = {}
@@ -142,7 +148,7 @@ for i = 1, #KEYS do
     if string.byte(b, 43) == 116 then
       out[#out + 1] = b
     else
-      out[#out + 1] = string.sub(b, 1, 59)
+      out[#out + 1] = string.sub(b, 1, 51)
     end
   end
 end
@@ -322,6 +328,13 @@ class RedisNode(RecordMethods):
             ix = args[4] if len(args) > 4 else None
             commands = [self._state_packed,
                         *self._apply_commands(*args[:3], expected=args[3], ix=ix)]
+        elif op in ("digests", "versions"):
+            items = list(args[0])
+            size = DIGEST_BUCKETS if op == "digests" else VERSION_BUCKETS
+            sha = _SHA["digest" if op == "digests" else "versions"]
+            commands = [self._state_packed, *(
+                ("EVALSHA", sha, len(part), *(self.bucket_key(b) for b in part))
+                for part in _parts(items, size))]
         else:
             raise ValueError(f"unknown operation {op!r}")
         return _RedisPending(op, items, Call(self.link, commands, SCRIPTS))
@@ -373,32 +386,15 @@ class RedisNode(RecordMethods):
     def raise_floor(self, floor: int) -> None:
         self._run([("EVALSHA", _SHA["raise_floor"], 1, self._floor_key, int(floor))])
 
-    def digests_raw(self, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
-        """Per bucket: (XOR of its items' hashes, items, tombstones), computed on the server."""
-        commands = [("EVALSHA", _SHA["digest"], len(part), *(self.bucket_key(b) for b in part))
-                    for part in _parts(list(buckets), 256)]
-        out = []
-        for reply in (self._run(commands) if commands else []):
-            for k in range(0, len(reply), 4):
-                out.append((((reply[k] & 0xFFFFFFFF) << 32) | (reply[k + 1] & 0xFFFFFFFF),
-                            reply[k + 2], reply[k + 3]))
-        return out
+    def digests(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, int, int]]]:
+        """Per bucket: (XOR of its items' hashes, items, tombstones), computed on the server
+        (DIGEST_BUCKETS buckets per script call)."""
+        return self._raw("digests", buckets)
 
-    def versions_raw(self, buckets: Sequence[int]) -> list[tuple[int, bytes, bytes]]:
-        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes)."""
-        parts = _parts(list(buckets), 64)
-        commands = [("EVALSHA", _SHA["versions"], len(part), *(self.bucket_key(b) for b in part))
-                    for part in parts]
-        out: list[tuple[int, bytes, bytes]] = []
-        for part, reply in zip(parts, self._run(commands) if commands else []):
-            pos = 0
-            for b in part:
-                n = reply[pos]
-                pos += 1
-                end = pos + 2 * n
-                out.extend((b, f, h) for f, h in zip(reply[pos:end:2], reply[pos + 1:end:2]))
-                pos = end
-        return out
+    def versions(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, bytes, bytes]]]:
+        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes; a
+        tombstone's whole blob)."""
+        return self._raw("versions", buckets)
 
     def read_repair(self, fields: list[bytes], buckets: Any, ix: Any,
                     newest: Mapping[bytes, bytes]) -> Late:
@@ -532,7 +528,28 @@ class _RedisPending:
         replies = self.call.result()
         state = _state(replies[0])
         answer: Any
-        if self.op in ("read_raw", "read"):
+        if self.op == "digests":
+            answer = []
+            for reply in replies[1:]:
+                if isinstance(reply, Exception):
+                    raise reply
+                for k in range(0, len(reply), 4):
+                    answer.append((((reply[k] & 0xFFFFFFFF) << 32) | (reply[k + 1] & 0xFFFFFFFF),
+                                   reply[k + 2], reply[k + 3]))
+        elif self.op == "versions":
+            answer = []
+            for part, reply in zip(_parts(self.items, VERSION_BUCKETS), replies[1:]):
+                if isinstance(reply, Exception):
+                    raise reply
+                pos = 0
+                for b in part:
+                    n = reply[pos]
+                    pos += 1
+                    end = pos + 2 * n
+                    answer.extend((b, f, h) for f, h in zip(reply[pos:end:2],
+                                                             reply[pos + 1:end:2]))
+                    pos = end
+        elif self.op in ("read_raw", "read"):
             rows = replies[1:]
             for row in rows:
                 if row is not None and row.__class__ is not bytes:

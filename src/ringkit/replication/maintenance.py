@@ -269,6 +269,10 @@ def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, no
         # every bucket any node holds items of is compared key by key.
         visit = ns.sum(axis=0) > 0
     targets = np.flatnonzero(visit).tolist()
+    owner_names: dict[int, list[str]] | None = None
+    if not pending and not placement.sloppy:
+        sets = {b: [names[i] for i in owner_rows[b]] for b in targets if uniform[b]}
+        owner_names = sets
     total = len(targets)
     done = 0
     if progress is not None:
@@ -276,6 +280,8 @@ def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, no
     for start in range(0, total, batch):
         part = targets[start:start + batch]
         _repair_buckets(table, placement, part, reachable, report, clean,
+                        None if owner_names is None else
+                        {b: owner_names[b] for b in part if b in owner_names},
                         tombstone_grace=tombstone_grace, now_ms=now_ms)
         done += len(part)
         report.buckets_scanned += len(part)
@@ -292,82 +298,105 @@ def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, no
 
 
 def _repair_buckets(table: NodeTable, placement: Placement, buckets: list[int],
-                    reachable: list[str], report: RepairReport, clean: dict[str, bool], *,
-                    tombstone_grace: float, now_ms: int) -> None:
-    """Compare the items of `buckets` on every reachable node, key by key, and repair them."""
+                    reachable: list[str], report: RepairReport, clean: dict[str, bool],
+                    owners: dict[int, list[str]] | None, *, tombstone_grace: float,
+                    now_ms: int) -> None:
+    """Compare the items of `buckets` on every reachable node, key by key, and repair them.
+    `owners` gives the replicas of the buckets whose keys all share them (None: none do)."""
     nodes = table.everyone
-    heads: dict[bytes, dict[str, bytes]] = {}
     out = table.round("versions", {n: (buckets,) for n in reachable}, every=True)
     for name in (*out.failed, *out.late):
         clean[name] = False
         if name not in report.nodes_unreachable:
             report.nodes_unreachable.append(name)
     answered = set(out.replies)
-    for name, items in out.replies.items():
-        for _, f, head in items:
-            heads.setdefault(f, {})[name] = head
-    if not heads:
-        return
-    fields = list(heads)
-    report.keys_scanned += len(fields)
-    keys = [f.decode() for f in fields]
-    prefs = placement.preference_many(keys)
-    fetch: dict[str, list[int]] = {}          # node -> positions of keys to read whole from it
-    best_of: list[bytes] = []
-    stale_of: list[list[str]] = []
-    purge: dict[str, tuple[list[bytes], list[bytes]]] = {}
-    grace_ms = tombstone_grace * 1000
+    maps: dict[int, dict[str, dict[bytes, bytes]]] = {}
+    for name, per_bucket in out.replies.items():
+        for b, fs, hs in per_bucket:
+            maps.setdefault(b, {})[name] = dict(zip(fs, hs))
     cut = codec.VERSION_HEAD
-    for i, (f, held) in enumerate(zip(fields, heads.values())):
-        top = max(held.values())
-        best_of.append(top)
-        version = top[:cut]
-        holders = prefs[i]
-        if top[cut] == 0x74 and len(top) > codec.BLOB_HEAD \
-                and now_ms - int(top[codec.BLOB_HEAD:]) >= grace_ms \
-                and all(n in answered and held.get(n, version)[:cut] == version
-                        for n in holders):
-            # Purge only once every replica holds the tombstone itself (or nothing): a
-            # replica still holding an older live value would otherwise outlive the tombstone
-            # and bring the deleted value back. Each node purges the version it holds.
-            for n, h in held.items():
-                entry = purge.setdefault(n, ([], []))
-                entry[0].append(f)
-                entry[1].append(h[:cut])
-            stale_of.append([])
-            continue
-        stale = [n for n in holders
-                 if n in answered and (n not in held or held[n][:cut] != version)]
-        stale_of.append(stale)
-        if stale:
-            source = next(n for n, h in held.items() if h[:cut] == version)
-            fetch.setdefault(source, []).append(i)
-    # Read the newest versions whole from a node that holds each, then write them.
-    whole: dict[int, bytes] = {}
+    grace_ms = tombstone_grace * 1000
+    fetch: dict[str, list[bytes]] = {}     # node -> keys to read whole from it
+    stale_of: dict[bytes, list[str]] = {}  # key -> replicas to write its newest version to
+    wanted: dict[bytes, bytes] = {}        # key -> its newest version head
+    purge: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    irregular: list[tuple[bytes, dict[str, bytes]]] = []
+    for b, held_by in maps.items():
+        holders = None if owners is None else owners.get(b)
+        fields = set().union(*held_by.values())
+        report.keys_scanned += len(fields)
+        if holders is not None and all(n in held_by or n in answered for n in holders):
+            full = [m for n, m in held_by.items() if n in holders]
+            first = full[0] if full else {}
+            if len(full) and all(m == first for m in full) and len(first) == len(fields) \
+                    and not any(h[cut] == 0x74 for h in first.values()):
+                # The replicas that hold the bucket agree and no other node holds more: copy it
+                # whole to the replicas that lack it (a node refilled after losing its data).
+                # (the reads are spread over the replicas that agree)
+                agreeing = [n for n in holders if held_by.get(n) == first]
+                source = agreeing[b % len(agreeing)]
+                for n in holders:
+                    if n in answered and held_by.get(n) != first:
+                        mine = held_by.get(n, {})
+                        missing = [f for f, h in first.items() if mine.get(f) != h]
+                        for f in missing:
+                            stale_of.setdefault(f, []).append(n)
+                        fetch.setdefault(source, []).extend(
+                            f for f in missing if f not in wanted)
+                        for f in missing:
+                            wanted[f] = first[f]
+                continue
+        for f in fields:
+            irregular.append((f, {n: m[f] for n, m in held_by.items() if f in m}))
+    if irregular:
+        prefs = placement.preference_many([f.decode() for f, _ in irregular])
+        for (f, held), holders in zip(irregular, prefs):
+            top = max(held.values())
+            version = top[:cut]
+            if top[cut] == 0x74 and len(top) > codec.BLOB_HEAD \
+                    and now_ms - int(top[codec.BLOB_HEAD:]) >= grace_ms \
+                    and all(n in answered and held.get(n, version)[:cut] == version
+                            for n in holders):
+                # Purge only once every replica holds the tombstone itself (or nothing): a
+                # replica still holding an older live value would otherwise outlive the
+                # tombstone and bring the deleted value back. Each node purges the version it
+                # holds.
+                for n, h in held.items():
+                    entry = purge.setdefault(n, ([], []))
+                    entry[0].append(f)
+                    entry[1].append(h[:cut])
+                continue
+            stale = [n for n in holders
+                     if n in answered and (n not in held or held[n][:cut] != version)]
+            if stale:
+                stale_of[f] = stale
+                wanted[f] = top
+                source = next(n for n, h in held.items() if h[:cut] == version)
+                fetch.setdefault(source, []).append(f)
     if fetch:
-        buckets_of = codec.buckets_of(fields)
-        out = table.round("read_raw", {n: (fields, buckets_of,
-                                           np.asarray(ix, dtype=np.intp))
-                                       for n, ix in fetch.items()}, every=True)
-        for n, ix in fetch.items():
-            for i, blob in zip(ix, out.replies.get(n, ())):
-                if blob is not None and blob[:cut] == best_of[i][:cut]:
-                    whole[i] = blob     # (changed since: left to the next pass)
-        writes: dict[str, list[int]] = {}
-        for i, blob in whole.items():
+        # Read the newest versions whole from a node that holds each, then write them.
+        whole: dict[bytes, bytes] = {}
+        asked = {n: (fs, codec.buckets_of(fs)) for n, fs in fetch.items()}
+        got = table.round("read_raw", asked, every=True)
+        for n, blobs in got.replies.items():
+            for f, blob in zip(asked[n][0], blobs):
+                if blob is not None and blob[:cut] == wanted[f][:cut]:
+                    whole[f] = blob     # (changed since: left to the next pass)
+        writes: dict[str, tuple[list[bytes], list[bytes]]] = {}
+        for f, blob in whole.items():
             report.keys_repaired += 1
-            for n in stale_of[i]:
-                writes.setdefault(n, []).append(i)
+            for n in stale_of[f]:
+                entry = writes.setdefault(n, ([], []))
+                entry[0].append(f)
+                entry[1].append(blob)
                 report.replicas_repaired += 1
                 report.bytes_moved += len(blob)
         if writes:
-            blobs = [whole.get(i, b"") for i in range(len(fields))]
-            written = table.round("write_raw", {n: (fields, buckets_of, blobs,
-                                                    np.asarray(ix, dtype=np.intp))
-                                                for n, ix in writes.items()}, every=True)
+            written = table.round("write_raw", {n: (fs, codec.buckets_of(fs), bs)
+                                                for n, (fs, bs) in writes.items()}, every=True)
             for n in (*written.failed, *written.late):
                 clean[n] = False
-        for n in (*out.failed, *out.late):
+        for n in (*got.failed, *got.late):
             clean[n] = False
     for n, (fs, hs) in purge.items():
         try:

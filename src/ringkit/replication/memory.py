@@ -195,13 +195,20 @@ class MemoryNode(RecordMethods):
             out.append((x, n, t))
         return self._state(), out
 
-    def versions(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, bytes, bytes]]]:
-        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes; a
-        tombstone's whole blob)."""
+    def versions(self, buckets: Sequence[int]
+                 ) -> tuple[NodeState, list[tuple[int, list[bytes], list[bytes]]]]:
+        """The items of each bucket that holds any: (bucket, keys, their blob heads of
+        codec.BLOB_HEAD bytes; a tombstone's whole blob)."""
         groups = self._grouped(buckets)
         cut = codec.BLOB_HEAD
-        return self._state(), [(b, f, blob if blob[codec.VERSION_HEAD] == 0x74 else blob[:cut])
-                               for b in buckets for f, blob in groups.get(b, ())]
+        out = []
+        for b in buckets:
+            items = groups.get(b)
+            if items:
+                out.append((b, [f for f, _ in items],
+                            [blob if blob[codec.VERSION_HEAD] == 0x74 else blob[:cut]
+                             for _, blob in items]))
+        return self._state(), out
 
     def raise_floor(self, floor: int) -> None:
         with self._lock:

@@ -391,9 +391,10 @@ class RedisNode(RecordMethods):
         (DIGEST_BUCKETS buckets per script call)."""
         return self._raw("digests", buckets)
 
-    def versions(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, bytes, bytes]]]:
-        """Every item of the buckets: (bucket, key, blob head of codec.BLOB_HEAD bytes; a
-        tombstone's whole blob)."""
+    def versions(self, buckets: Sequence[int]
+                 ) -> tuple[NodeState, list[tuple[int, list[bytes], list[bytes]]]]:
+        """The items of each bucket that holds any: (bucket, keys, their blob heads of
+        codec.BLOB_HEAD bytes; a tombstone's whole blob)."""
         return self._raw("versions", buckets)
 
     def read_repair(self, fields: list[bytes], buckets: Any, ix: Any,
@@ -546,8 +547,8 @@ class _RedisPending:
                     n = reply[pos]
                     pos += 1
                     end = pos + 2 * n
-                    answer.extend((b, f, h) for f, h in zip(reply[pos:end:2],
-                                                             reply[pos + 1:end:2]))
+                    if n:
+                        answer.append((b, reply[pos:end:2], reply[pos + 1:end:2]))
                     pos = end
         elif self.op in ("read_raw", "read"):
             rows = replies[1:]

@@ -930,7 +930,7 @@ class ReplicatedStore:
         """Deliver hints held for nodes that are back; returns how many were delivered."""
         return maintenance.handoff(self._table, self._emit)
 
-    def repair(self, *, batch: int = 512,
+    def repair(self, *, batch: int = 1024,
                progress: Callable[[int, int, RepairReport], object] | None = None
                ) -> RepairReport:
         """Anti-entropy: bring every replica of every key up to date, bucket by bucket.

@@ -149,7 +149,8 @@ def test_equal_counters_are_ordered_by_writer_and_never_split_replicas() -> None
     assert store.get_versioned("k") == (b"high", Version(5, wr("ab")))
     store.repair()
     assert {held(node, "k") for node in nodes.values()} == {high}
-    assert Version(5, wr("ab")) > Version(5, wr("aa")) and Version(6, wr("aa")) > Version(5, wr("ab"))
+    assert Version(5, wr("ab")) > Version(5, wr("aa"))
+    assert Version(6, wr("aa")) > Version(5, wr("ab"))
 
 
 def test_concurrent_writers_get_distinct_increasing_versions() -> None:

@@ -92,7 +92,7 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     assert node.write([v[2]]) == (empty, [True])
     assert node.write([v[2], v[1]])[1] == [False, False]      # retry and older: no effect
     assert node.read(["k"])[1] == [v[2]]
-    assert node.write([Record("k", b"tie", Version(2, wr("ab")))])[1] == [True]   # writer breaks ties
+    assert node.write([Record("k", b"tie", Version(2, wr("ab")))])[1] == [True]
     # A tombstone keeps its version and deletion time; an empty value is not a tombstone.
     tomb = Record("k", None, Version(3, wr("aa")), deleted_ms=1234)
     assert node.write([tomb, Record("e", b"", Version(1, wr("aa")))])[1] == [True, True]
@@ -116,7 +116,8 @@ def test_node_contract(node) -> None:  # type: ignore[no-untyped-def]
     assert node.read([])[0].floor == 4                   # never lowered
     node.raise_floor(9)
     assert node.write([])[0] == NodeState(None, 9)
-    node.remove([Record("k", b"up", Version(5, wr("aa"))), Record("old", b"o", Version(2, wr("aa")))])
+    node.remove([Record("k", b"up", Version(5, wr("aa"))),
+                 Record("old", b"o", Version(2, wr("aa")))])
     assert node.read([])[0].floor == 9
     # Binary values and any str key round-trip.
     odd = Record("ключ {x} } {", b"\x00\xff\r\n", Version(7, wr("0f")))

@@ -146,23 +146,23 @@ def pack(commands: Sequence[tuple[Any, ...] | bytes] | Packed) -> bytes:
     """RESP encoding of a batch of commands (redis-py's encoder costs more than the round trip
     on a fast network; this one only handles what ringkit sends: bytes, str, int). A command
     given as bytes is already RESP (ringkit._records packs the store's batches)."""
-    if commands.__class__ is Packed:
-        return commands.data  # type: ignore[union-attr]
+    if isinstance(commands, Packed):
+        return commands.data
     if _c_pack is not None:
         if len(commands) == 1:
             one = commands[0]
-            return one if one.__class__ is bytes else _c_pack(one)  # type: ignore[return-value]
-        return b"".join([c if c.__class__ is bytes else _c_pack(c) for c in commands])
+            return one if isinstance(one, bytes) else _c_pack(one)
+        return b"".join([c if isinstance(c, bytes) else _c_pack(c) for c in commands])
     return pack_python(commands)
 
 
-def pack_python(commands: Sequence[tuple[Any, ...]]) -> bytes:
+def pack_python(commands: Sequence[tuple[Any, ...] | bytes]) -> bytes:
     """:func:`pack` without hiredis."""
     parts: list[bytes] = []
     append = parts.append
     for command in commands:
-        if command.__class__ is bytes:     # a command already in RESP
-            append(command)  # type: ignore[arg-type]
+        if isinstance(command, bytes):     # a command already in RESP
+            append(command)
             continue
         append(b"*%d\r\n" % len(command))
         for a in command:

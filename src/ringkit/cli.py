@@ -551,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("file", nargs="?", default="-", metavar="FILE",
                        help="input file, or '-' for standard input (the default)")
     route.set_defaults(run=_route)
+
+    from ringkit._storecli import add_store_command
+
+    add_store_command(commands, _Parser)
     return parser
 
 

@@ -3,9 +3,12 @@ and reads, read repair, hinted handoff, anti-entropy repair and rebalancing."""
 
 from ringkit.errors import PartialWriteError, QuorumError, WriteOutcome
 from ringkit.replication.base import Node, NodeDown, NodeState, Record, Version
+from ringkit.replication.codec import LayoutError
 from ringkit.replication.memory import MemoryNode
 from ringkit.replication.redis import RedisNode
 from ringkit.replication.store import (
+    DigestStatus,
+    RebalancePlan,
     RepairReport,
     ReplicatedStore,
     ReplicationEvent,
@@ -13,6 +16,8 @@ from ringkit.replication.store import (
 )
 
 __all__ = [
+    "DigestStatus",
+    "LayoutError",
     "MemoryNode",
     "Node",
     "NodeDown",
@@ -20,6 +25,7 @@ __all__ = [
     "PartialWriteError",
     "QuorumError",
     "Record",
+    "RebalancePlan",
     "RedisNode",
     "RepairReport",
     "ReplicatedStore",

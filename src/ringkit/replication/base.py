@@ -113,6 +113,27 @@ class Node(Protocol):
         """Purge the given keys where they still hold exactly the given versions, raising the
         node's floor to their counters in the same step."""
 
+    # The blob-level operations (ringkit.replication.codec) the store's batches, and repair,
+    # use; `ix` picks the positions of the batch this node gets (None: all).
+
+    def read_raw(self, fields: list[bytes], buckets: Any, ix: Any = None
+                 ) -> tuple[NodeState, list[bytes | None]]: ...
+
+    def write_raw(self, fields: list[bytes], buckets: Any, blobs: list[bytes], ix: Any = None
+                  ) -> tuple[NodeState, list[bool]]: ...
+
+    def write_if_raw(self, fields: list[bytes], buckets: Any, blobs: list[bytes],
+                     expected: list[bytes], ix: Any = None) -> tuple[NodeState, list[bool]]: ...
+
+    def purge_raw(self, fields: list[bytes], buckets: Any, heads: list[bytes]) -> None: ...
+
+    def digests(self, buckets: Sequence[int]) -> tuple[NodeState, list[tuple[int, int, int]]]:
+        """Per bucket: (XOR of its items' hashes, items, tombstones)."""
+
+    def versions(self, buckets: Sequence[int]
+                 ) -> tuple[NodeState, list[tuple[int, list[bytes], list[bytes]]]]:
+        """The items of each bucket that holds any: (bucket, keys, blob heads)."""
+
     def raise_floor(self, floor: int) -> None:
         """Raise the node's version floor to at least `floor`."""
 

@@ -60,7 +60,8 @@ def buckets_of(keys: Sequence[bytes] | Sequence[str]) -> npt.NDArray[np.uint64]:
     """The bucket of each key: the top BUCKET_BITS bits of its xxh64 (seed 0)."""
     if not len(keys):
         return np.zeros(0, dtype=np.uint64)
-    return hash64_many(keys) >> _SHIFT
+    buckets: npt.NDArray[np.uint64] = hash64_many(keys) >> _SHIFT
+    return buckets
 
 
 def check_writer(writer: str) -> bytes:

@@ -10,10 +10,9 @@ pass that missed another node could count while missing the one other copy of a 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-import time
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +21,11 @@ from ringkit.errors import QuorumError
 from ringkit.replication import codec
 from ringkit.replication.base import MARKER_READY, Record
 from ringkit.replication.placement import Placement
-from ringkit.ring import HashRing
 from ringkit.replication.rounds import NodeTable, reconcile
+from ringkit.ring import HashRing
 
-__all__ = ["RepairReport", "initialize", "handoff", "repair", "refill", "rebalance"]
+__all__ = ["RepairReport", "RebalancePlan", "initialize", "handoff", "repair", "refill",
+           "rebalance", "bucket_owners", "digest_status", "DigestStatus"]
 
 log = logging.getLogger("ringkit.replication")
 
@@ -435,11 +435,26 @@ def refill(table: NodeTable, candidates: Iterable[str], report: RepairReport,
         table.remember_members()
 
 
+@dataclass
+class RebalancePlan:
+    """What :meth:`ReplicatedStore.plan_rebalance` found: ``keys`` whose preference list
+    changed, and ``moves[(from_node, to_node)]``, how many keys a replica on `from_node` hands
+    to `to_node` (a key whose list gains a node and loses another counts once per pair;
+    ``from_node`` is None for a replica added without one leaving, ``to_node`` None for one
+    dropped)."""
+
+    keys: int = 0
+    moves: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+
+
 def rebalance(table: NodeTable, placement: Placement, *, added: Iterable[str], batch: int,
-              emit: Callable[[str, str | None, str], None]) -> int:
+              emit: Callable[[str, str | None, str], None],
+              plan: RebalancePlan | None = None,
+              progress: Callable[[int, int], object] | None = None) -> int:
     """Move the keys whose preference list changed since add_node/remove_node; how many moved.
     Copies go first; a copy on a node that no longer holds the key is deleted only after every
-    new replica answered. Added nodes that were empty count once a pass reached every node."""
+    new replica answered. Added nodes that were empty count once a pass reached every node.
+    With `plan`, nothing is written: the keys that would move are counted into it."""
     old = placement.old
     if old is None:
         return 0
@@ -465,7 +480,21 @@ def rebalance(table: NodeTable, placement: Placement, *, added: Iterable[str], b
         changed = [(key, was, now) for key, was, now in zip(
             chunk, placement.preference_many(chunk, old), placement.preference_many(chunk))
             if was != now]
+        if progress is not None:
+            progress(min(start + batch, len(ordered)), len(ordered))
         if not changed:
+            continue
+        if plan is not None:
+            plan.keys += len(changed)
+            for _, was, now in changed:
+                gone = [n for n in was if n not in now]
+                new = [n for n in now if n not in was]
+                pairs: list[tuple[str | None, str | None]] = list(zip(gone, new))
+                pairs += [(None, n) for n in new[len(gone):]]
+                pairs += [(n, None) for n in gone[len(new):]]
+                for pair in pairs:
+                    plan.moves[pair] = plan.moves.get(pair, 0) + 1
+            moved += len(changed)
             continue
         per_node: dict[str, list[str]] = {}
         for key, was, now in changed:
@@ -502,8 +531,51 @@ def rebalance(table: NodeTable, placement: Placement, *, added: Iterable[str], b
                     holder.remove(records)
                 except Exception as exc:  # noqa: BLE001 - removed later by repair()
                     table.mark_down(n, exc)
+    if plan is not None:
+        return moved
     placement.done(old)
     fresh = list(added)
     if complete and fresh:
         refill(table, fresh, RepairReport(), emit)
     return moved
+
+
+@dataclass
+class DigestStatus:
+    """Per node: items held (values and tombstones); and over the buckets whose keys share one
+    set of replicas, how many hold items and how many of those agree on every replica."""
+
+    items: dict[str, int] = field(default_factory=dict)
+    buckets: int = 0
+    agreeing: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+def digest_status(table: NodeTable, placement: Placement) -> DigestStatus:
+    """Every node's per-bucket digests, compared across each bucket's replicas."""
+    status = DigestStatus()
+    digests: dict[str, list[tuple[int, int, int]]] = {name: [] for name in table.everyone}
+    for start in range(0, codec.N_BUCKETS, DIGEST_ROUND):
+        part = list(range(start, start + DIGEST_ROUND))
+        out = table.round("digests", {n: (part,) for n in digests}, every=True)
+        for name in (*out.failed, *out.late):
+            digests.pop(name, None)
+            status.unreachable.append(name)
+        for name, rows in out.replies.items():
+            if name in digests:
+                digests[name] += rows
+    for name, rows in digests.items():
+        status.items[name] = sum(r[1] for r in rows)
+    ring, _ = placement.rings()
+    uniform, owners = bucket_owners(ring, placement.replicas)
+    names = ring.nodes
+    for b in range(codec.N_BUCKETS):
+        if not uniform[b]:
+            continue
+        held = [digests[names[i]][b][:2] for i in owners[b] if names[i] in digests]
+        if not held or all(n == 0 for _, n in held):
+            continue
+        status.buckets += 1
+        if len(held) == len(owners[b]) and all(h == held[0] for h in held):
+            status.agreeing += 1
+    return status

@@ -111,7 +111,7 @@ class MemoryNode(RecordMethods):
             self._changes += 1
             items = self._items
             get = items.get
-            applied = []
+            applied: list[bool] = []
             append = applied.append
             for f, b in zip(fields, blobs):
                 cur = get(f)
@@ -139,7 +139,7 @@ class MemoryNode(RecordMethods):
             get = items.get
             floor = b"%014x" % self._floor
             cut = codec.VERSION_HEAD
-            applied = []
+            applied: list[bool] = []
             append = applied.append
             for f, b, e in zip(fields, blobs, expected):
                 cur = get(f)

@@ -18,10 +18,10 @@ items, without moving values.
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ringkit._records import pack_apply, pack_hget
 from ringkit._redisio import Call, Late, Link, Packed, client_from_url, gather, script_sha
@@ -323,11 +323,12 @@ class RedisNode(RecordMethods):
                 self._prefix_b, args[0], args[1], ix), 1 + n)
         elif op in ("write_raw", "write"):
             ix = args[3] if len(args) > 3 else None
-            commands = [self._state_packed, *self._apply_commands(*args[:3], ix=ix)]
+            commands = [self._state_packed,
+                        *self._apply_commands(args[0], args[1], args[2], ix=ix)]
         elif op in ("write_if_raw", "write_if"):
             ix = args[4] if len(args) > 4 else None
-            commands = [self._state_packed,
-                        *self._apply_commands(*args[:3], expected=args[3], ix=ix)]
+            commands = [self._state_packed, *self._apply_commands(
+                args[0], args[1], args[2], expected=args[3], ix=ix)]
         elif op in ("digests", "versions"):
             items = list(args[0])
             size = DIGEST_BUCKETS if op == "digests" else VERSION_BUCKETS
@@ -404,7 +405,7 @@ class RedisNode(RecordMethods):
         found (`newest`, filled in by the store once the read is decided) where the node holds
         an older one."""
 
-        def late(replies: list[Any]) -> list[bytes] | None:
+        def late(replies: list[Any]) -> Any:
             stale: list[int] = []
             positions = range(len(fields)) if ix is None else ix.tolist()
             for i, row in zip(positions, replies[1:]):
@@ -422,15 +423,21 @@ class RedisNode(RecordMethods):
         return late
 
     def scan(self, count: int) -> Iterator[list[str]]:
-        """Every key this node holds, in batches of about `count`."""
+        """Every key this node holds, in batches of about `count` (the buckets' fields, read
+        one SCAN page of buckets at a time, pipelined)."""
         literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
         batch: list[str] = []
-        for raw in self.client.scan_iter(match=f"{literal}b:*", count=count):
-            for field in self.client.hkeys(raw):
-                batch.append(_text(field))
-            if len(batch) >= count:
-                yield batch
-                batch = []
+        cursor = 0
+        while True:
+            cursor, page = self.client.scan(cursor, match=f"{literal}b:*", count=max(count, 100))
+            if page:
+                for fields in self._run([("HKEYS", name) for name in page]):
+                    batch.extend(_text(f) for f in fields)
+                if len(batch) >= count:
+                    yield batch
+                    batch = []
+            if not cursor:
+                break
         if batch:
             yield batch
 
@@ -539,7 +546,7 @@ class _RedisPending:
                                    reply[k + 2], reply[k + 3]))
         elif self.op == "versions":
             answer = []
-            for part, reply in zip(_parts(self.items, VERSION_BUCKETS), replies[1:]):
+            for part, reply in zip(_parts(list(self.items), VERSION_BUCKETS), replies[1:]):
                 if isinstance(reply, Exception):
                     raise reply
                 pos = 0

@@ -30,6 +30,7 @@ from ringkit.replication.base import (
     NodeState,
     Record,
 )
+from ringkit.replication.codec import LayoutError
 
 __all__ = ["NodeTable", "Outcome", "Tally", "OneTally", "reconcile", "newest", "NOW"]
 
@@ -107,7 +108,7 @@ class Tally:
 
     __slots__ = ("need", "index", "ok", "good", "pending", "seen", "extra")
 
-    def __init__(self, need: int, n_keys: int, index: Mapping[str, Sequence[int]],
+    def __init__(self, need: int, n_keys: int, index: Mapping[str, Sequence[int] | np.ndarray],
                  ok: Callable[[Any], Sequence[bool]] | None = None,
                  extra: Collection[str] = ()) -> None:
         self.need = need
@@ -222,6 +223,8 @@ class NodeTable:
             if marker is None and getattr(node, "is_new", lambda: False)():
                 node.set_marker(self.new_marker(MARKER_READY), only_if_missing=True)
                 marker = node.get_marker()
+        except LayoutError:
+            raise                 # another layout's data: refused, never written over
         except Exception as exc:  # noqa: BLE001 - an unreachable node is adopted later
             self.mark_down(name, exc)
             return

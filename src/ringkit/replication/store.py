@@ -36,13 +36,14 @@ from ringkit.errors import (
 )
 from ringkit.replication import codec, maintenance
 from ringkit.replication.base import MAX_COUNTER, Node, Record, Version
-from ringkit.replication.maintenance import RepairReport
+from ringkit.replication.maintenance import DigestStatus, RebalancePlan, RepairReport
 from ringkit.replication.placement import Placement
 from ringkit.replication.replicator import Replicator
-from ringkit.replication.rounds import NOW, NodeTable, OneTally, Outcome, Tally, reconcile
+from ringkit.replication.rounds import NOW, NodeTable, OneTally, Outcome, Tally
 from ringkit.validation import check_name
 
-__all__ = ["ReplicatedStore", "VersionConflictError", "RepairReport", "ReplicationEvent"]
+__all__ = ["ReplicatedStore", "VersionConflictError", "RepairReport", "RebalancePlan",
+           "DigestStatus", "ReplicationEvent"]
 
 log = logging.getLogger("ringkit.replication")
 
@@ -632,7 +633,7 @@ class ReplicatedStore:
                             f"{type(keys).__name__}")
         names = list(keys)
         fields = _encode_keys(names)
-        return self._write_many(names, [None] * len(names), "delete_many", fields)  # type: ignore[arg-type]
+        return self._write_many(names, [None] * len(names), "delete_many", fields)
 
     def _write_many(self, keys: list[str], values: list[bytes | None], action: str,
                     fields: list[bytes]) -> list[Version]:
@@ -663,7 +664,7 @@ class ReplicatedStore:
             self._partial(action, keys, dict(zip(done, versions_of(list(done.values()),
                                                                    Version))),
                           outcomes, failures)
-        return versions_of([done[k] for k in keys], Version)  # type: ignore[no-any-return]
+        return versions_of([done[k] for k in keys], Version)
 
     def _write_each(self, keys: list[str], values: list[bytes | None], action: str
                     ) -> list[Version]:
@@ -992,21 +993,38 @@ class ReplicatedStore:
             self._gone = {}
         self._table.everyone = everyone
 
-    def rebalance(self, *, batch: int = 500) -> int:
+    def rebalance(self, *, batch: int = 500,
+                  progress: Callable[[int, int], object] | None = None) -> int:
         """Move the keys whose preference list changed since add_node/remove_node; returns
         how many keys moved. Copies go first; a copy on a node that no longer holds the key is
         deleted only after every new replica answered. Added nodes that were empty count once
-        a pass reached every node."""
+        a pass reached every node. ``progress(keys_done, keys_total)`` is called per batch."""
         batch = _check_count(batch, "batch")
         old = self._placement.old
         if old is None:
             return 0
         added = [n for n in self._nodes if n not in old.nodes]
         moved = maintenance.rebalance(self._table, self._placement, added=added, batch=batch,
-                                      emit=self._emit)
+                                      emit=self._emit, progress=progress)
         with self._state:
             self._membership_changed()
         return moved
+
+    def plan_rebalance(self, *, batch: int = 500,
+                       progress: Callable[[int, int], object] | None = None) -> RebalancePlan:
+        """What :meth:`rebalance` would move, without writing anything: the keys whose
+        preference list changed, and how many go from which node to which."""
+        batch = _check_count(batch, "batch")
+        plan = RebalancePlan()
+        if self._placement.old is not None:
+            maintenance.rebalance(self._table, self._placement, added=(), batch=batch,
+                                  emit=self._emit, plan=plan, progress=progress)
+        return plan
+
+    def digest_status(self) -> DigestStatus:
+        """Every node's item count, and how many buckets of keys agree on all their replicas
+        (from the per-bucket digests repair() compares; nothing is written)."""
+        return maintenance.digest_status(self._table, self._placement)
 
     # -- description ------------------------------------------------------------------------------
 

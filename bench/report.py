@@ -54,6 +54,41 @@ README_JSON = Path("bench/results/readme.json")
 SCALING_PNG = "ring-scaling.png"
 SPREAD_PNG = "ring-load-spread.png"
 
+
+@dataclass(frozen=True)
+class Figure:
+    """A sweep: rows that record `series` and `batch_size` (and this `figure` name), drawn as a
+    table and a log-log plot of their figure against the size."""
+    intro: str
+    png: str
+    xlabel: str
+    title: str
+    alt: str                     # the image's text in README
+    cell: str = "rate"           # "rate": items/s in the table and plot; "seconds": seconds
+
+
+FIGURES = {
+    "ring": Figure("Ring lookup, keys/s against batch size (one benchmark group per size; "
+                   "100 nodes x 160 vnodes):", SCALING_PNG, "keys per call (batch size)",
+                   "Ring lookup: keys/s against batch size (100 nodes x 160 vnodes)",
+                   "keys/s against batch size"),
+    "replication-batches": Figure(
+        "Replicated batches, keys/s against batch size (3 redis-servers, replicas=3, W=2, "
+        "R=2; one benchmark group per operation and size). \"raw pipeline\": redis-py, one "
+        "pipeline per server of exactly the commands ringkit sends (the same scripts and "
+        "blobs, built before the timing), the three sent at once from three threads: the "
+        "wire's limit for this layout. MSET/MGET and pipelined SET/GET run on one server:",
+        "replication-batches.png", "keys per call (batch size)",
+        "Replicated batches: keys/s against batch size (3 redis-servers, replicas=3)",
+        "replicated batches: keys/s against batch size"),
+    "replication-repair": Figure(
+        "repair() of a store of N keys on 3 redis-servers (replicas=3): seconds per pass, in "
+        "sync, with 1% of the keys missing on one server, and with one server wiped (restarted "
+        "empty, refilled by the pass):", "replication-repair.png", "keys in the store",
+        "repair(): seconds against store size (3 redis-servers, replicas=3)",
+        "repair: seconds against store size", cell="seconds"),
+}
+
 # The bench module of each capability, in the order README.md presents them; a module not named
 # here gets a section titled after it, after these.
 CAPABILITIES = (
@@ -86,6 +121,12 @@ class Row:
     moves: dict[str, float] | None = None
     n_nodes: int | None = None
     memory_bytes: int | None = None
+    figure: str = "ring"  # the sweep a row with a batch_size belongs to (FIGURES)
+    server_us: dict[str, float] | None = None  # server CPU per item (INFO commandstats)
+
+    @property
+    def seconds(self) -> float:
+        return self.median
 
     @property
     def ns_per_key(self) -> float | None:
@@ -196,6 +237,8 @@ def parse(data: dict[str, Any]) -> Results:
             moves={k: float(v) for k, v in info.items() if k.startswith("moved_")} or None,
             n_nodes=info.get("n_nodes"),
             memory_bytes=info.get("memory_bytes"),
+            figure=info.get("figure") or "ring",
+            server_us=info.get("server_us_per_item"),
         )
         groups.setdefault(name, Group(name)).rows.append(row)
     for group in groups.values():
@@ -282,7 +325,8 @@ def mixed_sizes(groups: Sequence[Group]) -> bool:
                for g in groups if not g.is_scaling)
 
 
-METRIC_UNITS = {"ns_per_key": "ns/key", "keys_per_s": "keys/s", "gb_per_s": "GB/s", "speedup": "x"}
+METRIC_UNITS = {"ns_per_key": "ns/key", "keys_per_s": "keys/s", "gb_per_s": "GB/s", "speedup": "x",
+                "seconds": "s"}
 
 
 def check_target(group: Group, row: Row, target: dict[str, Any]) -> TargetCheck:
@@ -315,8 +359,15 @@ def target_checks(groups: Sequence[Group]) -> list[TargetCheck]:
 # The ring's two figures across sizes: keys/s against batch size, load spread against vnodes.
 
 
-def scaling_rows(groups: Sequence[Group]) -> list[Row]:
-    return [row for g in groups if g.is_scaling for row in g.rows]
+def scaling_rows(groups: Sequence[Group], figure: str | None = None) -> list[Row]:
+    return [row for g in groups if g.is_scaling for row in g.rows
+            if figure is None or row.figure == figure]
+
+
+def scaling_figures(groups: Sequence[Group]) -> list[str]:
+    """The sweeps present, in the order of FIGURES."""
+    present = {row.figure for row in scaling_rows(groups)}
+    return [name for name in FIGURES if name in present]
 
 
 def scaling_series(rows: Sequence[Row]) -> dict[str, dict[int, Row]]:
@@ -328,18 +379,27 @@ def scaling_series(rows: Sequence[Row]) -> dict[str, dict[int, Row]]:
     return series
 
 
-def scaling_table(groups: Sequence[Group]) -> list[str]:
-    rows = scaling_rows(groups)
+def _cell(row: Row, kind: str) -> float:
+    if kind == "seconds":
+        return row.median
+    return row.keys_per_s or math.nan
+
+
+def scaling_table(groups: Sequence[Group], figure: str = "ring") -> list[str]:
+    rows = scaling_rows(groups, figure)
     if not rows:
         return []
+    kind = FIGURES[figure].cell
     series = scaling_series(rows)
     sizes = sorted({row.batch_size for row in rows if row.batch_size is not None})
     per = rows[0].per
-    lines = [md_row([f"{per}s/s at batch size", *(fmt_count(n) for n in sizes)]),
-             md_rule(1, len(sizes))]
+    head = "seconds at store size" if kind == "seconds" else f"{per}s/s at batch size"
+    lines = [md_row([head, *(fmt_count(n) for n in sizes)]), md_rule(1, len(sizes))]
     for name, by_size in series.items():
-        cells = [fmt_rate(by_size[n].keys_per_s or math.nan) if n in by_size else "—"
-                 for n in sizes]
+        if kind == "seconds":
+            cells = [f"{by_size[n].median:.3g}" if n in by_size else "—" for n in sizes]
+        else:
+            cells = [fmt_rate(_cell(by_size[n], kind)) if n in by_size else "—" for n in sizes]
         lines.append(md_row([name, *cells]))
     notes = {}
     for name, by_size in series.items():
@@ -347,10 +407,33 @@ def scaling_table(groups: Sequence[Group]) -> list[str]:
         if note:
             notes.setdefault(note, []).append(name)
     lines.append("")
-    lines.append(f"Each cell: {per}s answered per second by one call on a batch of that size "
-                 "(batch size over the median time of a call); — : not measured.")
+    if kind == "seconds":
+        lines.append("Each cell: the median seconds of one pass over a store of that size; "
+                     "— : not measured.")
+    else:
+        lines.append(f"Each cell: {per}s answered per second by one call on a batch of that "
+                     "size (batch size over the median time of a call); — : not measured.")
     for note, names in notes.items():
         lines.append(f"{', '.join(names)}: {note}.")
+    return lines
+
+
+def server_cpu_table(groups: Sequence[Group]) -> list[str]:
+    """Server CPU per item from INFO commandstats, for the rows that recorded it."""
+    rows = sorted((r for g in groups for r in g.rows if r.server_us),
+                  key=lambda r: r.order)
+    if not rows:
+        return []
+    lines = [md_row(["row", "server CPU per item", "commands"]), md_rule(1, 2)]
+    for row in rows:
+        assert row.server_us is not None
+        total = row.server_us.get("total", math.nan)
+        detail = ", ".join(f"{k} {v:.2f} µs" for k, v in row.server_us.items() if k != "total")
+        lines.append(md_row([f"{row.label} ({fmt_count(row.n_keys or 0)} keys)",
+                             f"{total:.2f} µs", detail]))
+    lines += ["", "INFO commandstats' microseconds over the calls of one batch, summed over the "
+                  "servers it went to, per key of the batch (a script's own figure includes the "
+                  "commands it runs)."]
     return lines
 
 
@@ -501,11 +584,14 @@ def render_readme(results: Results) -> str:
         out += [f"### {title}", ""]
         if timing:
             out += [*summary_table(timing), ""]
-        if any(g.is_scaling for g in groups):
-            out += ["Ring lookup, keys/s against batch size (one benchmark group per size; "
-                    "100 nodes x 160 vnodes):", "", *scaling_table(groups), "",
-                    f"![keys/s against batch size]({(README_PLOTS / SCALING_PNG).as_posix()})",
-                    ""]
+        for name in scaling_figures(groups):
+            figure = FIGURES[name]
+            out += [figure.intro, "", *scaling_table(groups, name), "",
+                    f"![{figure.alt}]({(README_PLOTS / figure.png).as_posix()})", ""]
+        cpu = server_cpu_table(groups)
+        if cpu:
+            out += ["Server CPU per key, measured around one call of each row below "
+                    "(untimed):", "", *cpu, ""]
         moved = placement_table(groups)
         if moved:
             out += ["Keys moved by a change of nodes (of the 1,000,000 keys) and memory, "
@@ -581,27 +667,28 @@ def _subtitle(data: dict[str, Any]) -> str:
     return f"CPython {ours.get('python', '?')}, {ours.get('cpu_model', '?')}"
 
 
-def plot_scaling(results: Results, path: Path) -> Path | None:
-    """keys/s against batch size, log-log, one line per library."""
-    rows = scaling_rows(results.groups)
+def plot_scaling(results: Results, path: Path, figure: str = "ring") -> Path | None:
+    """A sweep's figure against its size, log-log, one line per series."""
+    rows = scaling_rows(results.groups, figure)
     if not rows:
         return None
+    spec = FIGURES[figure]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, by_size in scaling_series(rows).items():
         sizes = sorted(by_size)
         ours = name.startswith("ringkit")
-        ax.plot(sizes, [by_size[n].keys_per_s for n in sizes], marker="o", label=name,
-                color=_color(name),
+        ax.plot(sizes, [_cell(by_size[n], spec.cell) for n in sizes], marker="o", label=name,
+                color=_color(name) if figure == "ring" else None,
                 linewidth=2.5 if ours else 1.5, zorder=3 if ours else 2)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("keys per call (batch size)")
-    ax.set_ylabel(f"{rows[0].per}s per second (median)")
-    ax.set_title("Ring lookup: keys/s against batch size (100 nodes x 160 vnodes)\n"
-                 + _subtitle(results.data), fontsize=10)
+    ax.set_xlabel(spec.xlabel)
+    ax.set_ylabel("seconds per pass (median)" if spec.cell == "seconds"
+                  else f"{rows[0].per}s per second (median)")
+    ax.set_title(spec.title + "\n" + _subtitle(results.data), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
@@ -637,8 +724,9 @@ def plot_spread(results: Results, path: Path) -> Path | None:
 
 def plot_main(results: Results, outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
-    written = [plot_scaling(results, outdir / SCALING_PNG),
-               plot_spread(results, outdir / SPREAD_PNG)]
+    written = [plot_scaling(results, outdir / FIGURES[name].png, name)
+               for name in scaling_figures(results.groups)]
+    written.append(plot_spread(results, outdir / SPREAD_PNG))
     return [p for p in written if p is not None]
 
 

@@ -72,6 +72,7 @@ def _load_helper(name: str):  # type: ignore[no-untyped-def]
 
 redis_procs = _load_helper("redis_procs")
 netproxy = _load_helper("netproxy")
+replication_checks = _load_helper("replication_checks")
 # The slow models of other programs' placements (the oracles of ringkit.compat) and the
 # memcached/nutcracker processes that prove them.
 compat_models = _load_helper("compat_models")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from replication_checks import check_digests_match_a_full_scan
 
 import ringkit
 from ringkit import QuorumError
@@ -287,6 +288,8 @@ def test_fault_workload_on_memory_nodes() -> None:
     counts = checker.check(*converge(injector, nodes))
     Checker.report("replication fault workload, memory nodes:", counts)
     checker.assert_clean(counts)
+    # The digests repair compares equal a full scan of what each node holds.
+    assert check_digests_match_a_full_scan(nodes) > 0
     assert counts["writes acknowledged"] > 1000 and counts["reads"] > 500
     assert counts["faults injected"] == 66 and checker.chains == 13
 
@@ -423,6 +426,8 @@ def test_fault_workload_on_redis_servers(redis_servers, tmp_path: Path) -> None:
     Checker.report("replication fault workload, 5 redis-server processes "
                    "(3 threads here, 2 writer processes x 2 threads):", counts)
     checker.assert_clean(counts)
+    # The digests repair compares equal a full scan of what each node holds.
+    assert check_digests_match_a_full_scan(nodes) > 0
     assert counts["writes acknowledged"] > 500 and counts["reads"] > 300
     assert counts["faults injected"] == 10 and checker.chains == 2
     # Both processes' writers and this process's threads were acknowledged.
@@ -577,6 +582,8 @@ def test_replication_history_under_the_nemesis(redis_servers, proxy, tmp_path: P
     Checker.report(f"replication nemesis, 5 redis-servers, proxied links, seed {seed} "
                    f"(replay with RINGKIT_NEMESIS_SEED={seed}):", counts)
     checker.assert_clean(counts)
+    # The digests repair compares equal a full scan of what each node holds.
+    assert check_digests_match_a_full_scan(nodes) > 0
     assert counts["writes acknowledged"] > 200 and counts["reads"] > 100
     assert counts["faults injected"] >= 10
 

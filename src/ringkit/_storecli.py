@@ -3,6 +3,7 @@
     ringkit store status    --node a=redis://10.0.0.1:6379/0 --node b=... --node c=...
     ringkit store repair    --config store.toml
     ringkit store rebalance --config store.toml --joining d=redis://10.0.0.4:6379/0 --dry-run
+    ringkit store migrate   --config store.toml      # data written by ringkit 0.1
 
 Nodes come from repeated ``--node NAME=URL`` or from a config file (TOML or JSON) with a
 ``nodes`` table of names to URLs and optional ``prefix``, ``store_id``, ``replicas``,
@@ -233,6 +234,22 @@ def _rebalance(args: argparse.Namespace, out: Any, err: Any) -> int:
         return 0
 
 
+def _migrate(args: argparse.Namespace, out: Any, err: Any) -> int:
+    from ringkit.replication import RedisNode
+
+    settings = _settings(args)
+    prefix = settings["options"].get("prefix", "ringkit:rep:")
+    timeout = float(settings["options"].get("timeout", 5.0))
+    for name, (_, url) in settings["nodes"].items():
+        node = RedisNode(url, name=name, prefix=prefix, socket_timeout=timeout)
+        try:
+            count = node.migrate()
+        finally:
+            node.close()
+        out.write(f"{name} ({node.server}): {count:,} items converted to layout 2\n")
+    return 0
+
+
 def add_store_command(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     store = commands.add_parser(
         "store", help="status, repair and rebalance of a replicated store on Redis",
@@ -244,7 +261,10 @@ def add_store_command(commands: Any, parser_class: type[argparse.ArgumentParser]
     actions.required = True
     for name, run, text in (("status", _status, "nodes, readiness, items and digests"),
                             ("repair", _repair, "bring every replica up to date"),
-                            ("rebalance", _rebalance, "move keys after nodes join or leave")):
+                            ("rebalance", _rebalance, "move keys after nodes join or leave"),
+                            ("migrate", _migrate, "convert data of ringkit 0.1 (layout 1) "
+                                                  "to layout 2, in place; stop writers "
+                                                  "first")):
         sub = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         sub.add_argument("--node", action="append", metavar="NAME=URL",
                          help="a node of the store: its name and redis:// URL (repeatable)")

@@ -226,8 +226,8 @@ def _state(reply: Any) -> NodeState:
     if marker is not None and layout != codec.LAYOUT_VERSION.encode():
         raise LayoutError(
             f"this server holds replicated data of layout {_text(layout or b'1')}, not "
-            f"{codec.LAYOUT_VERSION} (ringkit 0.1 kept one hash per key): migrate it with "
-            f"`ringkit store migrate` or clear it (see CHANGELOG)")
+            f"{codec.LAYOUT_VERSION} (ringkit 0.1 kept one hash per key): convert it with "
+            f"`ringkit store migrate` (RedisNode.migrate) or clear it (see CHANGELOG)")
     return NodeState(None if marker is None else _text(marker), int(floor or 0))
 
 
@@ -433,13 +433,55 @@ class RedisNode(RecordMethods):
             if page:
                 for fields in self._run([("HKEYS", name) for name in page]):
                     batch.extend(_text(f) for f in fields)
-                if len(batch) >= count:
-                    yield batch
-                    batch = []
+                while len(batch) >= count:
+                    yield batch[:count]
+                    batch = batch[count:]
             if not cursor:
                 break
         if batch:
             yield batch
+
+    def migrate(self, *, batch: int = 1000) -> int:
+        """Convert this server's items of layout 1 (ringkit 0.1: one hash ``<prefix>{<key>}``
+        per key) to layout 2, in place, and mark the server as layout 2; returns how many
+        items were converted. Stop the store's writers first (a write of 0.1 during the
+        migration would be lost). Versions keep their counters; a writer id shorter than 28
+        digits is left-padded with zeros (every replica pads it alike, so ties still break the
+        same way everywhere). Safe to run again after an interruption."""
+        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
+        start = len(self._prefix_b) + 1
+        converted = 0
+        cursor = 0
+        while True:
+            cursor, page = self.client.scan(cursor, match=f"{literal}{{*", count=batch)
+            names = [n if isinstance(n, bytes) else str(n).encode() for n in page]
+            names = [n for n in names if n.endswith(b"}")]
+            if names:
+                rows = self._run([("HMGET", n, "c", "w", "v", "d") for n in names])
+                fields: list[bytes] = []
+                blobs: list[bytes] = []
+                old: list[bytes] = []
+                for name, (c, w, v, d) in zip(names, rows):
+                    if c is None or w is None:
+                        continue
+                    writer = _text(w)
+                    if len(writer) > codec.WRITER_DIGITS:
+                        raise LayoutError(f"{_text(name)}: writer {writer!r} is longer than "
+                                          f"{codec.WRITER_DIGITS} digits")
+                    fields.append(name[start:-1])
+                    blobs.append(codec.encode_many(
+                        [name[start:-1]], [None if v is None else _bytes(v)], [int(c)],
+                        [writer.rjust(codec.WRITER_DIGITS, "0")], int(d or 0))[0])
+                    old.append(name)
+                if fields:
+                    # (the scripts alone: the state check would refuse this node's layout)
+                    self._run(self._apply_commands(fields, codec.buckets_of(fields), blobs))
+                    self._run([("DEL", *old)])
+                    converted += len(fields)
+            if not cursor:
+                break
+        self._run([("SET", self._layout_key, codec.LAYOUT_VERSION)])
+        return converted
 
     def set_marker(self, value: str, *, only_if_missing: bool) -> bool:
         layout = ("SET", self._layout_key, codec.LAYOUT_VERSION)
@@ -453,7 +495,10 @@ class RedisNode(RecordMethods):
         return True
 
     def get_marker(self) -> str | None:
-        return _state(self._run([self._state_command()])[0]).marker
+        try:
+            return _state(self._run([self._state_command()])[0]).marker
+        except LayoutError as exc:
+            raise LayoutError(f"{self.server} (prefix {self.prefix!r}): {exc}") from None
 
     def get_floor(self) -> int:
         return _state(self._run([self._state_command()])[0]).floor

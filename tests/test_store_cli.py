@@ -59,7 +59,7 @@ def test_status_repair_and_status_again_after_a_server_lost_its_data(redis_serve
 
 
 @pytest.mark.redis
-def test_rebalance_dry_run_moves_nothing_and_rebalance_moves_what_it_said(redis_servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rebalance_dry_run_then_rebalance(redis_servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     servers = redis_servers(4)
     loaded(servers[:3]).close()
     config = tmp_path / "store.toml"

@@ -139,7 +139,7 @@ def kib_arrow(kib_keys: list[bytes]) -> Any:
 # Recording
 
 
-METRICS = ("ns_per_key", "keys_per_s", "gb_per_s", "speedup")
+METRICS = ("ns_per_key", "keys_per_s", "gb_per_s", "speedup", "seconds")
 
 
 def _target(spec: Sequence[Any]) -> dict[str, Any]:

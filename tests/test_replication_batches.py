@@ -408,3 +408,29 @@ def test_redis_repair_by_digests_and_a_full_scan_agree(redis_servers) -> None:  
     assert report.bytes_moved > 5000 * codec.BLOB_HEAD
     check_digests_match_a_full_scan(nodes)
     assert store.get_many(keys[45:55]) == [None] * 5 + [b"v%d" % i for i in range(50, 55)]
+
+
+@pytest.mark.redis
+def test_a_batch_bigger_than_a_round_is_sent_in_rounds(redis_servers) -> None:  # type: ignore[no-untyped-def]
+    """35,000 keys with the default socket timeout (0.5 s bounds every round): sent as rounds of
+    ROUND_KEYS, each well within it."""
+    from ringkit.replication import store as store_module
+
+    servers = redis_servers(3)
+    nodes = {f"r{i}": RedisNode(s.url, name=f"r{i}") for i, s in enumerate(servers)}
+    store = new_store(nodes)
+    keys = [f"k{i}" for i in range(35_000)]
+    rounds: list[int] = []
+    original = store._write_round
+
+    def counted(*args: Any) -> None:
+        rounds.append(len(args[0]))
+        original(*args)
+
+    store._write_round = counted  # type: ignore[method-assign]
+    versions = store.put_many({k: b"v" * 20 for k in keys})
+    assert len(versions) == len(keys)
+    assert rounds == [store_module.ROUND_KEYS] * 3 + [5_000]
+    assert store.get_many(keys) == [b"v" * 20] * len(keys)
+    assert len(store.delete_many(keys)) == len(keys)
+    assert store.get_many(keys[::1000]) == [None] * 35

@@ -26,12 +26,12 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ringkit._hashing import hash64_many
+from ringkit._hashing import hash64, hash64_many
 from ringkit.errors import RingkitError
 from ringkit.replication.base import MAX_COUNTER, Record, Version
 
 __all__ = ["LAYOUT_VERSION", "BUCKET_BITS", "N_BUCKETS", "HEAD", "BLOB_HEAD", "WRITER_DIGITS",
-           "LayoutError", "buckets_of", "encode_many", "decode", "version_of", "encode",
+           "LayoutError", "buckets_of", "bucket_of", "encode_many", "decode", "version_of", "encode",
            "writer_name", "header"]
 
 LAYOUT_VERSION = "2"
@@ -72,6 +72,11 @@ def check_writer(writer: str) -> bytes:
         raise ValueError(f"version writer must be {WRITER_DIGITS} lowercase hex digits (as "
                          f"ReplicatedStore writes them), got {writer!r}")
     return raw
+
+
+def bucket_of(field: bytes) -> int:
+    """The bucket of one key (its UTF-8 bytes)."""
+    return hash64(field) >> (64 - BUCKET_BITS)
 
 
 def header(counter: int, writer: str, tombstone: bool) -> bytes:

@@ -53,6 +53,10 @@ _FLAG = codec.VERSION_HEAD     # the tombstone flag's offset in a blob
 _TOMB = 0x74                   # b"t"
 _BODY = codec.BLOB_HEAD
 _KNOWN_MAX = 100_000           # versions remembered for the one-round-trip path
+#: Keys per round of a batch: a bigger put_many / get_many / delete_many is sent as several
+#: rounds, so that each round's work on a server (tens of milliseconds) stays well within the
+#: nodes' socket timeout, which bounds every round.
+ROUND_KEYS = 10_000
 
 
 def _take(items: Sequence[Any], ix: Any) -> list[Any]:
@@ -385,7 +389,8 @@ class ReplicatedStore:
 
     def get(self, key: str) -> bytes | None:
         """The newest value of `key`, or None when absent or deleted."""
-        return self.get_versioned(key)[0]
+        blob = self._read_blobs([_check_key(key)], "get")[0]
+        return None if blob is None or blob[_FLAG] == _TOMB else blob[_BODY:]
 
     def get_versioned(self, key: str) -> tuple[bytes | None, Version | None]:
         """(value, version) of `key`; (None, version) for a deleted key, (None, None) if absent."""
@@ -399,7 +404,11 @@ class ReplicatedStore:
         each key asked of its replicas and answered by its newest version among a read
         quorum; stale replicas that answered are repaired."""
         keys = list(keys)
-        blobs = self._read_blobs(keys, "get_many", _encode_keys(keys))
+        fields = _encode_keys(keys)
+        blobs: list[bytes | None] = []
+        for start in range(0, len(keys), ROUND_KEYS):
+            stop = start + ROUND_KEYS
+            blobs += self._read_blobs(keys[start:stop], "get_many", fields[start:stop])
         return [None if b is None or b[_FLAG] == _TOMB else b[_BODY:] for b in blobs]
 
     def _read(self, keys: Sequence[str], action: str) -> list[Record | None]:
@@ -415,15 +424,11 @@ class ReplicatedStore:
             return []
         if fields is None:
             fields = [k.encode() for k in keys]
-        buckets = codec.buckets_of(fields)
         if n == 1:
-            targets = self._placement.targets(keys[0])[0]
-            zero = np.zeros(1, dtype=np.intp)
-            groups = {t: zero for t in targets}
-            tally: Tally | OneTally = OneTally(self.read_quorum, targets)
-        else:
-            groups = self._placement.group_many(fields)
-            tally = Tally(self.read_quorum, n, groups)
+            return [self._read_one(keys[0], fields[0], action)]
+        buckets = codec.buckets_of(fields)
+        groups = self._placement.group_many(fields)
+        tally = Tally(self.read_quorum, n, groups)
         per_node = {name: (fields, buckets, ix) for name, ix in groups.items()}
         newest: dict[bytes, bytes] = {}
         out = self._table.round("read_raw", per_node, tally=tally,
@@ -463,12 +468,35 @@ class ReplicatedStore:
             newest.update((f, b) for f, b in zip(fields, best) if b is not None)
         if repairs:
             self._table.round("write_raw", repairs, tally=NOW)
-        learn = self._learn_many if n > 1 else None
-        if learn is not None:
-            learn(keys, best)
-        else:
-            top = best[0]
-            self._learn(keys[0], None if top is None else codec.version_of(top))
+        self._learn_many(keys, best)
+        return best
+
+    def _read_one(self, key: str, field: bytes, action: str) -> bytes | None:
+        """_read_blobs of one key, without the batch machinery."""
+        targets = self._placement.targets(key)[0]
+        one = ([field], [codec.bucket_of(field)], None)
+        per_node = {n: one for n in targets}
+        newest: dict[bytes, bytes] = {}
+        out = self._table.round("read_raw", per_node,
+                                tally=OneTally(self.read_quorum, targets),
+                                late=self._late_repair(per_node, newest))
+        counted = sum(1 for n in out.replies if n in out.counted)
+        if counted < self.read_quorum:
+            raise self._quorum_error(action, key, self.read_quorum, counted, out)
+        rows = [r[0] for r in out.replies.values()]
+        held = [r for r in rows if r is not None]
+        own = self._own.get(key) if self._own else None
+        if own is not None:
+            held.append(own)
+        best = max(held) if held else None
+        if best is not None:
+            stale = [n for n, r in out.replies.items() if r[0] != best]
+            if stale:
+                self._table.round("write_raw", {n: (one[0], one[1], [best]) for n in stale},
+                                  tally=NOW)
+            if out.late:
+                newest[field] = best
+        self._learn_heads({key: best})
         return best
 
     def _late_repair(self, per_node: Mapping[str, tuple[list[bytes], Any, Any]],
@@ -520,26 +548,29 @@ class ReplicatedStore:
         if self._replicator is not None and if_version is _ABSENT:
             return self._write_one(key, value, targets)
         maybe = False          # a write that may have been applied somewhere was sent
+        field = key.encode()
+        one = ([field], [codec.bucket_of(field)])
         # Not before rebalance(): a new node counts but is still empty, so two write quorums
         # over the old and new replicas need not meet (see _write_fast).
         if if_version is _ABSENT and not standins and self._fast \
                 and not self._placement.pending:
-            version, maybe = self._write_fast(key, value, targets)
+            version, maybe = self._write_fast(key, value, targets, one)
             if version is not None:
                 return version
-        out = self._table.round("read", {n: ([key],) for n in targets},
+        out = self._table.round("read_raw", {n: one for n in targets},
                                 tally=OneTally(self.read_quorum, targets))
         counted = [n for n in out.replies if n in out.counted]
         if len(counted) < self.read_quorum:
             raise self._quorum_error("put", key, self.read_quorum, len(counted), out,
                                      "unknown" if maybe else "failed")
-        current = max((out.replies[n][0].version for n in out.replies
-                       if out.replies[n][0] is not None), default=None)
+        held = [r[0] for r in out.replies.values() if r[0] is not None]
+        current = codec.version_of(max(held)) if held else None
         if if_version is not _ABSENT and current != if_version:
             raise VersionConflictError(f"put {key!r}: expected version {if_version}, found "
                                        f"{current}", key=key, current=current)
         version = self._next_version(self._own_version(key, current), out.floor())
         record = self._record(key, value, version)
+        blob = [codec.encode(record)]
         live = [n for n in targets if n not in out.failed]
         acked: list[str] = []
         if if_version is not _ABSENT:
@@ -547,7 +578,9 @@ class ReplicatedStore:
             if primary is None:
                 raise self._quorum_error("put", key, self.write_quorum, 0, out,
                                          "unknown" if maybe else "failed")
-            first = self._table.round("write_if", {primary: ([(record, if_version)],)})
+            expected = b"" if if_version is None else codec.header(
+                if_version.counter, if_version.writer, False)[:-1]
+            first = self._table.round("write_if_raw", {primary: (*one, blob, [expected])})
             if primary not in first.replies:
                 raise self._quorum_error("put", key, self.write_quorum, 0, first, "unknown")
             if not first.replies[primary][0]:
@@ -556,7 +589,7 @@ class ReplicatedStore:
             acked.append(primary)
             live = [n for n in live if n != primary]
         written = self._table.round(
-            "write", {n: ([record],) for n in live},
+            "write_raw", {n: (*one, blob) for n in live},
             tally=OneTally(self.write_quorum - len(acked), live, extra=standins))
         acked += [n for n in written.replies if n in written.counted or n in standins]
         self._hint(standins, written, [record])
@@ -573,8 +606,8 @@ class ReplicatedStore:
                                      "unknown" if reached else "failed")
         return version
 
-    def _write_fast(self, key: str, value: bytes | None, targets: list[str]
-                    ) -> tuple[Version | None, bool]:
+    def _write_fast(self, key: str, value: bytes | None, targets: list[str],
+                    one: tuple[list[bytes], list[int]]) -> tuple[Version | None, bool]:
         """One round trip instead of two, where it is safe: write the next version after the
         last one this store saw, to every replica, applied only where that is exactly what the
         replica holds (absent, for a key never seen: then above every floor the replicas
@@ -583,18 +616,26 @@ class ReplicatedStore:
         new version is above all of them. Otherwise returns None (and whether the write may
         have been applied somewhere) and the caller reads the versions first."""
         with self._state:
-            guess = self._guess(key)
-        version = self._next_version(guess, 0 if guess is not None
-                                     else self._table.floor(targets))
-        record = self._record(key, value, version)
-        out = self._table.round("write_if", {n: ([(record, guess)],) for n in targets},
+            guess = self._known.get(key)
+            seq = self._seq
+            self._seq += 1
+        counter = (int(guess[:14], 16) if guess is not None
+                   else self._table.floor(targets)) + 1
+        if counter > MAX_COUNTER:
+            raise RingkitError(f"version counter would pass 2**53 - 1 ({counter})")
+        deleted = 0 if value is not None else int(self._wall() * 1000)
+        blob = encode_blobs(one[0], [value], [counter], self._writer_b, seq, deleted)
+        out = self._table.round("write_if_raw",
+                                {n: (*one, blob, [guess or b""]) for n in targets},
                                 tally=OneTally(self.write_quorum, targets, ok=lambda r: r))
         applied = sum(1 for n, ok in out.replies.items() if ok[0] and n in out.counted)
         if applied < self.write_quorum:
             maybe = any(ok[0] for ok in out.replies.values()) or bool(out.late) \
                 or any(n in out.failed and n not in out.unsent for n in targets)
             return None, maybe
+        version = Version(counter, f"{self._writer_head}{seq:012x}")
         if self.sloppy:
+            record = codec.decode(key, blob[0])
             self._hint_failed({n: [record] for n in targets if n in out.failed}, targets)
         self._learn(key, version)
         return version, True
@@ -646,25 +687,38 @@ class ReplicatedStore:
             # Eventual mode's background copies and sloppy quorums' stand-ins go key by key.
             return self._write_each(keys, values, action)
         done: dict[str, bytes] = {}
-        maybe: set[str] = set()
-        failures: dict[str, object] = {}
-        if self._fast and not self._placement.pending:
-            done, maybe = self._write_many_fast(keys, values, fields)
         outcomes: dict[str, WriteOutcome] = {}
-        if len(done) < len(keys):
-            rest = [i for i, k in enumerate(keys) if k not in done]
-            acked, refused, unknown, failures = self._write_many_read_first(
-                [keys[i] for i in rest], [values[i] for i in rest], [fields[i] for i in rest])
-            done.update(acked)
-            for key in refused:
-                outcomes[key] = WriteOutcome("unknown" if key in maybe else "failed")
-            for key in unknown:
-                outcomes[key] = WriteOutcome("unknown")
+        failures: dict[str, object] = {}
+        for start in range(0, len(keys), ROUND_KEYS):
+            stop = start + ROUND_KEYS
+            self._write_round(keys[start:stop], values[start:stop], fields[start:stop], done,
+                              outcomes, failures)
         if outcomes:
             self._partial(action, keys, dict(zip(done, versions_of(list(done.values()),
                                                                    Version))),
                           outcomes, failures)
         return versions_of([done[k] for k in keys], Version)
+
+    def _write_round(self, keys: list[str], values: list[bytes | None], fields: list[bytes],
+                     done: dict[str, bytes], outcomes: dict[str, WriteOutcome],
+                     failures: dict[str, object]) -> None:
+        """One round of a batch (at most ROUND_KEYS keys): the keys acknowledged go to `done`
+        (with their blobs), the others to `outcomes`."""
+        acked: dict[str, bytes] = {}
+        maybe: set[str] = set()
+        if self._fast and not self._placement.pending:
+            acked, maybe = self._write_many_fast(keys, values, fields)
+        done.update(acked)
+        if len(acked) < len(keys):
+            rest = [i for i, k in enumerate(keys) if k not in acked]
+            second, refused, unknown, failed = self._write_many_read_first(
+                [keys[i] for i in rest], [values[i] for i in rest], [fields[i] for i in rest])
+            done.update(second)
+            failures.update(failed)
+            for key in refused:
+                outcomes[key] = WriteOutcome("unknown" if key in maybe else "failed")
+            for key in unknown:
+                outcomes[key] = WriteOutcome("unknown")
 
     def _write_each(self, keys: list[str], values: list[bytes | None], action: str
                     ) -> list[Version]:

@@ -91,7 +91,7 @@ class MemoryNode(RecordMethods):
                  ) -> tuple[NodeState, list[bytes | None]]:
         """The blob of each key at positions `ix` of `fields` (None: all), None where
         absent."""
-        if ix is not None:
+        if ix is not None and len(ix) != len(fields):     # (ix ascending: all is everything)
             fields = [fields[i] for i in ix.tolist()]
         with self._lock:
             self._check()
@@ -102,7 +102,7 @@ class MemoryNode(RecordMethods):
                   ix: Any = None) -> tuple[NodeState, list[bool]]:
         """Store each blob (at positions `ix`; None: all) that is newer than the one held (a
         greater blob is a newer version); whether each was applied."""
-        if ix is not None:
+        if ix is not None and len(ix) != len(fields):
             at = ix.tolist()
             fields = [fields[i] for i in at]
             blobs = [blobs[i] for i in at]
@@ -127,7 +127,7 @@ class MemoryNode(RecordMethods):
         """Store each blob (at positions `ix`; None: all) only where the held version is
         exactly `expected` (its version head, codec.VERSION_HEAD bytes; b"" for absent, and
         then only above the floor)."""
-        if ix is not None:
+        if ix is not None and len(ix) != len(fields):
             at = ix.tolist()
             fields = [fields[i] for i in at]
             blobs = [blobs[i] for i in at]
@@ -146,7 +146,8 @@ class MemoryNode(RecordMethods):
                 if cur is None:
                     ok = not e and b[:14] > floor
                 else:
-                    ok = bool(e) and cur[:cut] == e and b > cur
+                    # (the caller numbers b above e, as for the Redis script)
+                    ok = cur[:cut] == e
                 if ok:
                     items[f] = b
                 append(ok)

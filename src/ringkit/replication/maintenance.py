@@ -277,8 +277,21 @@ def repair(table: NodeTable, placement: Placement, *, tombstone_grace: float, no
     done = 0
     if progress is not None:
         progress(0, total, report)
-    for start in range(0, total, batch):
-        part = targets[start:start + batch]
+    # Rounds of about `batch` keys (the most any node holds of each bucket), so that a round's
+    # work on a server stays well within the socket timeout whatever the buckets hold.
+    weight = ns.max(axis=0) if len(reachable) else np.zeros(codec.N_BUCKETS, dtype=np.int64)
+    parts: list[list[int]] = []
+    chunk: list[int] = []
+    held = 0
+    for b in targets:
+        chunk.append(b)
+        held += max(int(weight[b]), 1)
+        if held >= batch:
+            parts.append(chunk)
+            chunk, held = [], 0
+    if chunk:
+        parts.append(chunk)
+    for part in parts:
         _repair_buckets(table, placement, part, reachable, report, clean,
                         None if owner_names is None else
                         {b: owner_names[b] for b in part if b in owner_names},
@@ -320,7 +333,7 @@ def _repair_buckets(table: NodeTable, placement: Placement, buckets: list[int],
     stale_of: dict[bytes, list[str]] = {}  # key -> replicas to write its newest version to
     wanted: dict[bytes, bytes] = {}        # key -> its newest version head
     purge: dict[str, tuple[list[bytes], list[bytes]]] = {}
-    irregular: list[tuple[bytes, dict[str, bytes]]] = []
+    irregular: list[tuple[bytes, dict[str, bytes], list[str] | None]] = []
     for b, held_by in maps.items():
         holders = None if owners is None else owners.get(b)
         fields = set().union(*held_by.values())
@@ -347,10 +360,13 @@ def _repair_buckets(table: NodeTable, placement: Placement, buckets: list[int],
                             wanted[f] = first[f]
                 continue
         for f in fields:
-            irregular.append((f, {n: m[f] for n, m in held_by.items() if f in m}))
+            irregular.append((f, {n: m[f] for n, m in held_by.items() if f in m}, holders))
     if irregular:
-        prefs = placement.preference_many([f.decode() for f, _ in irregular])
-        for (f, held), holders in zip(irregular, prefs):
+        unknown = [f.decode() for f, _, holders in irregular if holders is None]
+        looked_up = iter(placement.preference_many(unknown) if unknown else ())
+        for f, held, holders in irregular:
+            if holders is None:
+                holders = next(looked_up)
             top = max(held.values())
             version = top[:cut]
             if top[cut] == 0x74 and len(top) > codec.BLOB_HEAD \

@@ -985,14 +985,14 @@ class ReplicatedStore:
         """Deliver hints held for nodes that are back; returns how many were delivered."""
         return maintenance.handoff(self._table, self._emit)
 
-    def repair(self, *, batch: int = 1024,
+    def repair(self, *, batch: int = 20_000,
                progress: Callable[[int, int, RepairReport], object] | None = None
                ) -> RepairReport:
         """Anti-entropy: bring every replica of every key up to date, bucket by bucket.
 
         Each node reports a digest of each bucket of keys (the top 16 bits of a key's hash);
-        buckets whose replicas agree are skipped, the others are compared key by key (``batch``
-        buckets per round) and the newest version of each key is copied to its replicas that
+        buckets whose replicas agree are skipped, the others are compared key by key (rounds of
+        about ``batch`` keys) and the newest version of each key is copied to its replicas that
         lack it. Also delivers hints, purges tombstones older than ``tombstone_grace`` that
         every replica holds (raising each node's version floor, so that no later version of a
         purged key is numbered below it), and lets nodes that came back empty (or are new)

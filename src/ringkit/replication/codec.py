@@ -31,8 +31,8 @@ from ringkit.errors import RingkitError
 from ringkit.replication.base import MAX_COUNTER, Record, Version
 
 __all__ = ["LAYOUT_VERSION", "BUCKET_BITS", "N_BUCKETS", "HEAD", "BLOB_HEAD", "WRITER_DIGITS",
-           "LayoutError", "buckets_of", "bucket_of", "encode_many", "decode", "version_of", "encode",
-           "writer_name", "header"]
+           "LayoutError", "buckets_of", "bucket_of", "encode_many", "decode", "version_of",
+           "encode", "writer_name", "header", "check_writer", "check_blob"]
 
 LAYOUT_VERSION = "2"
 BUCKET_BITS = 16

@@ -111,6 +111,7 @@ KERNEL_TESTS = [
     "tests/test_balancer_threads.py",
     "tests/test_kernel_memory.py",
     "tests/test_compat.py",
+    "tests/test_replication_batches.py",
 ]
 
 
@@ -158,9 +159,10 @@ def ubsan(session: nox.Session) -> None:
 
 _CHECK_SANITIZED = """
 import sys
-import ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._ring, ringkit._select
-for module in (ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._ring,
-               ringkit._select):
+import ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._records, ringkit._ring
+import ringkit._select
+for module in (ringkit._arrays, ringkit._hashing, ringkit._placement, ringkit._records,
+               ringkit._ring, ringkit._select):
     data = open(module.__file__, "rb").read()
     if b"__ubsan_handle" not in data or b"__asan_" not in data:
         sys.exit(f"{module.__file__} is not built with the sanitizers")

@@ -191,7 +191,16 @@ end
 return 1
 """
 
-_SOURCES = {"apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE, "raise_floor": RAISE_FLOOR,
+# KEYS: the marker, the layout. ARGV: the marker, the layout, 1 to set the marker only where it
+# is missing. Sets both at once (a marker never shows without its layout); 1 if set.
+SET_MARKER = """
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+_SOURCES = {"set_marker": SET_MARKER, "apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE, "raise_floor": RAISE_FLOOR,
             "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
             "versions": VERSIONS}
 _SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
@@ -484,15 +493,11 @@ class RedisNode(RecordMethods):
         return converted
 
     def set_marker(self, value: str, *, only_if_missing: bool) -> bool:
-        layout = ("SET", self._layout_key, codec.LAYOUT_VERSION)
-        if only_if_missing:
-            replies = self._run([("SET", self._marker_key, value, "NX"), ("EXISTS",
-                                                                           self._layout_key)])
-            if replies[0] is not None and not replies[1]:
-                self._run([layout])
-            return replies[0] is not None
-        self._run([layout, ("SET", self._marker_key, value)])
-        return True
+        """Set the epoch marker (with `only_if_missing`, only where there is none), and with
+        it the layout, in one step: no reader ever sees a marker without its layout."""
+        reply = self._run([("EVALSHA", _SHA["set_marker"], 2, self._marker_key, self._layout_key,
+                            value, codec.LAYOUT_VERSION, 1 if only_if_missing else 0)])[0]
+        return bool(reply)
 
     def get_marker(self) -> str | None:
         try:

@@ -200,8 +200,8 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
-_SOURCES = {"set_marker": SET_MARKER, "apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE, "raise_floor": RAISE_FLOOR,
-            "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
+_SOURCES = {"set_marker": SET_MARKER, "apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE,
+            "raise_floor": RAISE_FLOOR, "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
             "versions": VERSIONS}
 _SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
 _SHA_B = {name: sha.encode() for name, sha in _SHA.items()}

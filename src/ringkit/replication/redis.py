@@ -201,8 +201,8 @@ return 1
 """
 
 _SOURCES = {"set_marker": SET_MARKER, "apply": APPLY, "apply_if": APPLY_IF, "remove": REMOVE,
-            "raise_floor": RAISE_FLOOR, "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS, "digest": DIGEST,
-            "versions": VERSIONS}
+            "raise_floor": RAISE_FLOOR, "add_hints": ADD_HINTS, "drop_hints": DROP_HINTS,
+            "digest": DIGEST, "versions": VERSIONS}
 _SHA = {name: script_sha(source) for name, source in _SOURCES.items()}
 _SHA_B = {name: sha.encode() for name, sha in _SHA.items()}
 SCRIPTS = {_SHA[name]: source for name, source in _SOURCES.items()}

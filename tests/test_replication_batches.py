@@ -76,7 +76,7 @@ def test_the_kernel_encodes_as_the_reference(items: list[Any], writer_id: str, f
     fields = [k.encode() for k, _, _ in items]
     values = [v for _, v, _ in items]
     counters = [c for _, _, c in items]
-    head = writer_id.rjust(16, "0")
+    head = writer_id.rjust(16, codec.PAD)
     got = encode_blobs(fields, values, counters, head.encode(), first, deleted)
     names = [codec.writer_name(writer_id, first + i) for i in range(len(items))]
     assert got == codec.encode_many(fields, values, counters, names, deleted)
@@ -150,6 +150,15 @@ def test_the_kernel_packs_resp_as_hiredis_does(items: list[Any], chunk: int, chu
 def test_the_kernels_refuse_bad_input(call: Any) -> None:
     with pytest.raises((TypeError, ValueError, IndexError, OverflowError)):
         call()
+
+
+def test_writer_ids_that_differ_by_leading_zeros_stay_apart() -> None:
+    nodes = {f"m{i}": MemoryNode(f"m{i}") for i in range(3)}
+    a = ReplicatedStore(nodes, writer_id="a")
+    b = ReplicatedStore(nodes, writer_id="0a")
+    assert a.put("k", b"1").writer != b.put("j", b"1").writer
+    assert codec.writer_name("a", 0) != codec.writer_name("0a", 0)
+    assert codec.writer_name("0123456789abcdef", 1) == "0123456789abcdef000000000001"
 
 
 def test_a_version_writer_of_another_width_is_refused() -> None:
@@ -310,8 +319,9 @@ def test_data_of_layout_1_is_refused_and_migrated(redis_servers) -> None:  # typ
         assert node.migrate() == 2
         assert node.migrate() == 0                     # again: nothing left to convert
     store = ReplicatedStore(redis_nodes(servers))
-    assert store.get_versioned("user:1") == (b"old", Version(4, wr("ab" + "0" * 12)))
-    assert store.get_versioned("gone") == (None, Version(2, wr("ab" + "0" * 12)))
+    old = ("ab" + "0" * 12).rjust(28, "z")            # padded as no writer id pads
+    assert store.get_versioned("user:1") == (b"old", Version(4, old))
+    assert store.get_versioned("gone") == (None, Version(2, old))
     assert store.put("user:1", b"new").counter == 5
     assert not any(k.startswith(b"ringkit:rep:{") for k in servers[0].client().keys("*"))
 

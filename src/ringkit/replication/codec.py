@@ -4,8 +4,9 @@ bytewise order is its version order, kept in per-bucket hashes.
 An item is stored as one blob::
 
     [0:14]   version counter, 14 lowercase hex digits (counters stay below 2**53)
-    [14:42]  writer, 28 lowercase hex digits: the store's writer id left-padded with zeros to
-             16, then a 12-digit sequence number (see ReplicatedStore)
+    [14:42]  writer, 28 characters: the store's writer id (hex) left-padded with "z" to 16
+             (a letter no writer id holds, so that "a" and "0a" stay apart), then a 12-digit
+             hex sequence number (see ReplicatedStore)
     [42]     "v" for a value, "t" for a tombstone
     [43:51]  the item's hash, 8 bytes big-endian: xxh64 of the key's UTF-8 bytes followed
              by blob[0:43] (what repair's per-bucket digests XOR together)
@@ -38,6 +39,7 @@ LAYOUT_VERSION = "2"
 BUCKET_BITS = 16
 N_BUCKETS = 1 << BUCKET_BITS
 WRITER_ID_DIGITS = 16
+PAD = "z"       # pads a writer id to 16: not a hex digit, so two ids never pad alike
 SEQ_DIGITS = 12
 WRITER_DIGITS = WRITER_ID_DIGITS + SEQ_DIGITS
 VERSION_HEAD = 14 + WRITER_DIGITS       # counter + writer: the bytes that order versions
@@ -52,8 +54,9 @@ class LayoutError(RingkitError):
 
 
 def writer_name(writer_id: str, seq: int) -> str:
-    """The writer part of a version: the writer id padded to 16 digits, then the sequence."""
-    return f"{writer_id:0>16}{seq:012x}"
+    """The writer part of a version: the writer id padded to 16 with "z", then the
+    sequence."""
+    return f"{writer_id:{PAD}>16}{seq:012x}"
 
 
 def buckets_of(keys: Sequence[bytes] | Sequence[str]) -> npt.NDArray[np.uint64]:
@@ -66,7 +69,7 @@ def buckets_of(keys: Sequence[bytes] | Sequence[str]) -> npt.NDArray[np.uint64]:
 
 def check_writer(writer: str) -> bytes:
     """A version's writer as stored: exactly WRITER_DIGITS lowercase letters or digits (the
-    stores write hex), so that blobs compare by version."""
+    stores write hex, padded with "z"), so that blobs compare by version."""
     raw = writer.encode() if isinstance(writer, str) else b""
     if len(raw) != WRITER_DIGITS or not raw.isalnum() or raw.lower() != raw:
         raise ValueError(f"version writer must be {WRITER_DIGITS} lowercase hex digits (as "

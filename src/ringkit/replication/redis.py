@@ -454,9 +454,10 @@ class RedisNode(RecordMethods):
         """Convert this server's items of layout 1 (ringkit 0.1: one hash ``<prefix>{<key>}``
         per key) to layout 2, in place, and mark the server as layout 2; returns how many
         items were converted. Stop the store's writers first (a write of 0.1 during the
-        migration would be lost). Versions keep their counters; a writer id shorter than 28
-        digits is left-padded with zeros (every replica pads it alike, so ties still break the
-        same way everywhere). Safe to run again after an interruption."""
+        migration would be lost). Versions keep their counters; a writer shorter than 28
+        characters is left-padded with "z" (every replica pads it alike, so ties still break
+        the same way everywhere, and no two writers pad alike). Safe to run again after an
+        interruption."""
         literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
         start = len(self._prefix_b) + 1
         converted = 0
@@ -480,7 +481,7 @@ class RedisNode(RecordMethods):
                     fields.append(name[start:-1])
                     blobs.append(codec.encode_many(
                         [name[start:-1]], [None if v is None else _bytes(v)], [int(c)],
-                        [writer.rjust(codec.WRITER_DIGITS, "0")], int(d or 0))[0])
+                        [writer.rjust(codec.WRITER_DIGITS, codec.PAD)], int(d or 0))[0])
                     old.append(name)
                 if fields:
                     # (the scripts alone: the state check would refuse this node's layout)

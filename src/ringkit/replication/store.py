@@ -250,7 +250,7 @@ class ReplicatedStore:
         self._gone: dict[str, Node] = {}         # removed nodes, read until rebalance()
         self._own: dict[str, bytes] = {}         # eventual mode: this instance's writes (blobs)
         self._known: dict[str, bytes | None] = {}  # last version head seen per key (bounded)
-        self._writer_head = f"{writer_id:0>{codec.WRITER_ID_DIGITS}}"
+        self._writer_head = writer_id.rjust(codec.WRITER_ID_DIGITS, codec.PAD)
         self._writer_b = self._writer_head.encode()
         self._seq = 0     # per-write sequence number, the tie-break's second half
         self._fast = 2 * self.write_quorum > self.replicas

@@ -176,9 +176,12 @@ def _status(args: argparse.Namespace, out: Any, err: Any) -> int:
             items = status.items.get(name)
             shown = "-" if items is None else f"{items:,}"
             out.write(f"{name:<{width}}  {node.server:<24} {state:<10} {shown:>12}\n")
-        share = status.agreeing / status.buckets if status.buckets else 1.0
-        out.write(f"digests: {status.agreeing:,} of {status.buckets:,} buckets holding items "
-                  f"agree on every replica ({share:.1%})\n")
+        if status.buckets:
+            share = status.agreeing / status.buckets
+            out.write(f"digests: {status.agreeing:,} of {status.buckets:,} buckets holding "
+                      f"items agree on every replica ({share:.1%})\n")
+        else:
+            out.write("digests: no bucket holds items on the nodes that answered\n")
         ok = all(s == "up" for s in states.values()) and not status.unreachable \
             and status.agreeing == status.buckets
         return 0 if ok else 1

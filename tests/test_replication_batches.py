@@ -18,7 +18,21 @@ from hypothesis import strategies as st
 from replication_checks import check_digests_match_a_full_scan
 
 from ringkit import HashRing
-from ringkit._records import encode_blobs, next_counters, pack_apply, pack_hget, versions_of
+from ringkit._records import (
+    dict_read,
+    dict_write,
+    dict_write_if,
+    encode_blobs,
+    encode_keys,
+    heads_of,
+    merge_newest,
+    next_counters,
+    pack_apply,
+    pack_hget,
+    stale_of,
+    values_of,
+    versions_of,
+)
 from ringkit._redisio import pack_python
 from ringkit.errors import PartialWriteError
 from ringkit.replication import (
@@ -146,10 +160,94 @@ def test_the_kernel_packs_resp_as_hiredis_does(items: list[Any], chunk: int, chu
     lambda: versions_of([b"00"], Version),
     lambda: next_counters([b"xyz"], [0]),
     lambda: next_counters([None], [0, 1]),
+    lambda: dict_read({}, [b"k", "k"], None),                                # str field
+    lambda: dict_write({}, [b"k"], [b"v", b"w"], None),                      # lengths differ
+    lambda: dict_write({}, [b"k"], [b"v"], [1]),                             # ix
+    lambda: dict_write_if({}, [b"k"], [b"v"], [b""], None, b"0"),            # floor
+    lambda: dict_write_if({}, [b"k"], [b"v"], [None], None, b"0" * 14),      # expected
+    lambda: merge_newest([None], [0], [b"a", b"b"]),                         # rows
+    lambda: merge_newest([None], [0], ["a"]),
+    lambda: stale_of([None], [3], [b"a"]),
+    lambda: values_of([b"short"]),
+    lambda: heads_of([b"short"]),
 ])
 def test_the_kernels_refuse_bad_input(call: Any) -> None:
     with pytest.raises((TypeError, ValueError, IndexError, OverflowError)):
         call()
+
+
+_small_blobs = st.binary(min_size=codec.BLOB_HEAD, max_size=codec.BLOB_HEAD + 3).map(
+    lambda b: b"%014x" % (b[0] % 4) + b[14:])
+
+
+@given(st.dictionaries(st.binary(max_size=3), _small_blobs, max_size=12),
+       st.lists(st.tuples(st.binary(max_size=3), _small_blobs, st.booleans()), max_size=12),
+       st.integers(0, 3), st.booleans())
+def test_memory_node_kernels_do_what_the_python_did(held: dict[bytes, bytes], items: list[Any],
+                                                    floor: int, subset: bool) -> None:
+    fields = [f for f, _, _ in items]
+    blobs = [b for _, b, _ in items]
+    # expected: the held version head (some of them), or b"" (absent), or a wrong head
+    expected = [held[f][:codec.VERSION_HEAD] if f in held and hit else b"" if hit else b[:1]
+                for f, b, hit in items]
+    ix = np.arange(0, len(items), 2, dtype=np.intp) if subset else None
+    at = list(range(len(items))) if ix is None else ix.tolist()
+    assert dict_read(held, fields, ix) == [held.get(fields[i]) for i in at]
+
+    want, want_ok = dict(held), []
+    for i in at:
+        cur = want.get(fields[i])
+        ok = cur is None or blobs[i] > cur
+        if ok:
+            want[fields[i]] = blobs[i]
+        want_ok.append(ok)
+    got = dict(held)
+    assert dict_write(got, fields, blobs, ix) == want_ok and got == want
+
+    want, want_ok = dict(held), []
+    for i in at:
+        cur = want.get(fields[i])
+        if cur is None:
+            ok = not expected[i] and blobs[i][:14] > b"%014x" % floor
+        else:
+            ok = cur[:codec.VERSION_HEAD] == expected[i]
+        if ok:
+            want[fields[i]] = blobs[i]
+        want_ok.append(ok)
+    got = dict(held)
+    assert dict_write_if(got, fields, blobs, expected, ix, b"%014x" % floor) == want_ok
+    assert got == want
+
+
+@given(st.lists(st.one_of(st.none(), _small_blobs), min_size=1, max_size=10),
+       st.lists(st.tuples(st.integers(0, 9), st.one_of(st.none(), _small_blobs)), max_size=10))
+def test_the_batch_read_merge_kernels_do_what_the_python_did(best: list[Any],
+                                                             rows: list[Any]) -> None:
+    ix = np.asarray([i % len(best) for i, _ in rows], dtype=np.intp)
+    replies = [r for _, r in rows]
+    want = list(best)
+    for i, row in zip(ix.tolist(), replies):
+        if row is not None and (want[i] is None or row > want[i]):
+            want[i] = row
+    got = list(best)
+    merge_newest(got, ix, replies)
+    assert got == want
+    stale = [i for i, row in zip(ix.tolist(), replies) if row != got[i] and got[i] is not None]
+    assert stale_of(got, ix, replies).tolist() == stale
+    assert values_of(got) == [None if b is None or b[codec.VERSION_HEAD] == 0x74
+                              else b[codec.BLOB_HEAD:] for b in got]
+    assert heads_of(got) == [None if b is None else b[:codec.VERSION_HEAD] for b in got]
+
+
+def test_encode_keys_gives_up_on_what_is_not_a_utf8_str() -> None:
+    assert encode_keys(["a", "é", ""]) == [b"a", "é".encode(), b""]
+    assert encode_keys(["a", b"b"]) is None
+    assert encode_keys(["a", "\ud800"]) is None
+    store = ReplicatedStore({"a": MemoryNode("a")}, replicas=1, write_quorum=1, read_quorum=1)
+    with pytest.raises(TypeError, match="key"):
+        store.put_many({"a": b"1", 3: b"2"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="key"):
+        store.put_many({"\ud800": b"1"})
 
 
 def test_writer_ids_that_differ_by_leading_zeros_stay_apart() -> None:

@@ -9,10 +9,13 @@ every length is checked before anything is written, so bad input raises instead 
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SET_ITEM
+from cpython.ref cimport PyObject
+from cpython.unicode cimport PyUnicode_AsUTF8String
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cimport cython
 
@@ -20,7 +23,9 @@ from ringkit._hashing cimport xxh64
 
 import numpy as np
 
-__all__ = ["encode_blobs", "next_counters", "pack_apply", "pack_hget", "versions_of"]
+__all__ = ["dict_read", "dict_write", "dict_write_if", "encode_blobs", "encode_keys", "heads_of",
+           "merge_newest", "next_counters", "pack_apply", "pack_hget", "stale_of", "values_of",
+           "versions_of"]
 
 DEF VERSION_HEAD = 42
 DEF HEAD = 43
@@ -369,3 +374,205 @@ def next_counters(list guesses, floors):
             counter = (counter << 4) | <uint64_t>d
         out[i] = <int64_t>counter + 1
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# MemoryNode's batches (its dict of field -> blob, under the node's lock) and the merge of the
+# replies of a batch read.
+
+
+cdef inline int _newer(object b, object cur):
+    """b > cur as bytes compare (the blobs' order is their versions')."""
+    cdef Py_ssize_t lb = PyBytes_GET_SIZE(b), lc = PyBytes_GET_SIZE(cur)
+    cdef int c = memcmp(PyBytes_AS_STRING(b), PyBytes_AS_STRING(cur), lb if lb < lc else lc)
+    return c > 0 or (c == 0 and lb > lc)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def dict_read(dict items, list fields, ix):
+    """``[items.get(f) for f in fields[ix]]`` (ix None: every field)."""
+    cdef Py_ssize_t n = len(fields), k, m
+    _bytes_list(fields, "fields", n)
+    if ix is None:
+        out = [None] * n
+        for k in range(n):
+            found = <object>PyList_GET_ITEM(fields, k)
+            ref = PyDict_GetItem(items, found)
+            if ref is not NULL:
+                out[k] = <object>ref
+        return out
+    cdef const Py_ssize_t[::1] pos = _index(ix, n, "ix")
+    m = pos.shape[0]
+    out = [None] * m
+    for k in range(m):
+        ref = PyDict_GetItem(items, <object>PyList_GET_ITEM(fields, pos[k]))
+        if ref is not NULL:
+            out[k] = <object>ref
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def dict_write(dict items, list fields, list blobs, ix):
+    """Store each blob at positions ``ix`` (None: all) whose field holds nothing or an older
+    (smaller) blob; whether each was stored."""
+    cdef Py_ssize_t n = len(fields), k, i, m
+    _bytes_list(fields, "fields", n)
+    _bytes_list(blobs, "blobs", n)
+    cdef const Py_ssize_t[::1] pos = _index(ix, n, "ix")
+    cdef PyObject* ref
+    m = pos.shape[0]
+    out = [False] * m
+    for k in range(m):
+        i = pos[k]
+        field = <object>PyList_GET_ITEM(fields, i)
+        blob = <object>PyList_GET_ITEM(blobs, i)
+        ref = PyDict_GetItem(items, field)
+        if ref is NULL or _newer(blob, <object>ref):
+            PyDict_SetItem(items, field, blob)
+            out[k] = True
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def dict_write_if(dict items, list fields, list blobs, list expected, ix, bytes floor):
+    """Store each blob at positions ``ix`` (None: all) only where its field's blob starts with
+    exactly ``expected[i]`` (a version head; b"" for absent, and then only where the blob's
+    14-digit counter is above ``floor``, 14 hex digits); whether each was stored."""
+    cdef Py_ssize_t n = len(fields), k, i, m, le
+    _bytes_list(fields, "fields", n)
+    _bytes_list(blobs, "blobs", n)
+    _bytes_list(expected, "expected", n)
+    if PyBytes_GET_SIZE(floor) != 14:
+        raise ValueError(f"floor must be 14 hex digits, got {floor!r}")
+    cdef const Py_ssize_t[::1] pos = _index(ix, n, "ix")
+    cdef PyObject* ref
+    cdef bint ok
+    m = pos.shape[0]
+    out = [False] * m
+    for k in range(m):
+        i = pos[k]
+        field = <object>PyList_GET_ITEM(fields, i)
+        blob = <object>PyList_GET_ITEM(blobs, i)
+        want = <object>PyList_GET_ITEM(expected, i)
+        le = PyBytes_GET_SIZE(want)
+        ref = PyDict_GetItem(items, field)
+        if ref is NULL:
+            ok = le == 0 and PyBytes_GET_SIZE(blob) >= 14 \
+                and memcmp(PyBytes_AS_STRING(blob), PyBytes_AS_STRING(floor), 14) > 0
+        else:
+            cur = <object>ref
+            ok = le > 0 and le <= VERSION_HEAD and PyBytes_GET_SIZE(cur) >= le \
+                and (le == VERSION_HEAD or PyBytes_GET_SIZE(cur) == le) \
+                and memcmp(PyBytes_AS_STRING(cur), PyBytes_AS_STRING(want), le) == 0
+        if ok:
+            PyDict_SetItem(items, field, blob)
+            out[k] = True
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def merge_newest(list best, ix, list rows):
+    """``best[ix[k]] = rows[k]`` wherever rows[k] is not None and newer (greater) than it:
+    one node's replies folded into a batch read's newest blobs, in place."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(best), k, i, m
+    cdef const Py_ssize_t[::1] pos = _index(ix, n, "ix")
+    m = pos.shape[0]
+    if PyList_GET_SIZE(rows) != m:
+        raise ValueError(f"rows must have {m} items, got {PyList_GET_SIZE(rows)}")
+    for k in range(m):
+        row = <object>PyList_GET_ITEM(rows, k)
+        if row is None:
+            continue
+        if type(row) is not bytes:
+            raise TypeError(f"rows[{k}] must be bytes or None, got {type(row).__name__}")
+        i = pos[k]
+        cur = <object>PyList_GET_ITEM(best, i)
+        if cur is None or (type(cur) is bytes and _newer(row, cur)):
+            best[i] = row
+    return None
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def stale_of(list best, ix, list rows):
+    """The positions ``ix[k]`` (an intp array) where a node answered ``rows[k]`` that is not
+    the newest blob ``best[ix[k]]`` (which is not None): the replies to repair."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(best), k, i, m, c = 0
+    cdef const Py_ssize_t[::1] pos = _index(ix, n, "ix")
+    m = pos.shape[0]
+    if PyList_GET_SIZE(rows) != m:
+        raise ValueError(f"rows must have {m} items, got {PyList_GET_SIZE(rows)}")
+    result = np.empty(m, dtype=np.intp)
+    cdef Py_ssize_t[::1] out = result
+    for k in range(m):
+        i = pos[k]
+        cur = <object>PyList_GET_ITEM(best, i)
+        if cur is None:
+            continue
+        row = <object>PyList_GET_ITEM(rows, k)
+        if row is None or row is not cur and row != cur:
+            out[c] = i
+            c += 1
+    return result[:c]
+
+
+
+# --------------------------------------------------------------------------------------------------
+# A batch's keys in, its values and version heads out.
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_keys(list keys):
+    """The UTF-8 bytes of every key, or None when one is not a str or does not encode (the
+    caller then finds it and says which)."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(keys), i
+    out = [None] * n
+    for i in range(n):
+        key = <object>PyList_GET_ITEM(keys, i)
+        if type(key) is not str:
+            return None
+        try:
+            out[i] = PyUnicode_AsUTF8String(key)
+        except UnicodeEncodeError:
+            return None
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def values_of(list blobs):
+    """Each blob's value: None where the blob is None or a tombstone."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(blobs), i, size
+    out = [None] * n
+    for i in range(n):
+        blob = <object>PyList_GET_ITEM(blobs, i)
+        if blob is None:
+            continue
+        if type(blob) is not bytes or PyBytes_GET_SIZE(blob) < BLOB_HEAD:
+            raise ValueError(f"blobs[{i}] is not a record")
+        if PyBytes_AS_STRING(blob)[VERSION_HEAD] == b't':
+            continue
+        size = PyBytes_GET_SIZE(blob)
+        out[i] = PyBytes_FromStringAndSize(PyBytes_AS_STRING(blob) + BLOB_HEAD, size - BLOB_HEAD)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def heads_of(list blobs):
+    """Each blob's version head (its first VERSION_HEAD bytes); None where it is None."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(blobs), i
+    out = [None] * n
+    for i in range(n):
+        blob = <object>PyList_GET_ITEM(blobs, i)
+        if blob is None:
+            continue
+        if type(blob) is not bytes or PyBytes_GET_SIZE(blob) < VERSION_HEAD:
+            raise ValueError(f"blobs[{i}] is not a record")
+        out[i] = PyBytes_FromStringAndSize(PyBytes_AS_STRING(blob), VERSION_HEAD)
+    return out

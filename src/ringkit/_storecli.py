@@ -133,12 +133,13 @@ class _Progress:
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.every = every
         self.started = time.monotonic()
-        self.last = 0.0
+        self.last: float | None = None       # (the first call always draws)
         self.drawn = False
 
     def __call__(self, done: int, total: int, keys: int | None = None) -> None:
         now = time.monotonic()
-        if not self.tty and now - self.last < self.every and done < total:
+        if (not self.tty and self.last is not None and now - self.last < self.every
+                and done < total):
             return
         self.last = now
         elapsed = max(now - self.started, 1e-9)

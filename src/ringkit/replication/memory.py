@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ringkit._records import dict_read, dict_write, dict_write_if
 from ringkit.replication import codec
 from ringkit.replication.base import Done, NodeDown, NodeState, Record
 from ringkit.replication.nodeapi import RecordMethods
@@ -91,67 +92,36 @@ class MemoryNode(RecordMethods):
                  ) -> tuple[NodeState, list[bytes | None]]:
         """The blob of each key at positions `ix` of `fields` (None: all), None where
         absent."""
-        if ix is not None and len(ix) != len(fields):     # (ix ascending: all is everything)
-            fields = [fields[i] for i in ix.tolist()]
+        if ix is not None and len(ix) == len(fields):     # (ix ascending: all is everything)
+            ix = None
         with self._lock:
             self._check()
-            get = self._items.get
-            return self._state(), [get(f) for f in fields]
+            return self._state(), dict_read(self._items, list(fields), ix)
 
     def write_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
                   ix: Any = None) -> tuple[NodeState, list[bool]]:
         """Store each blob (at positions `ix`; None: all) that is newer than the one held (a
         greater blob is a newer version); whether each was applied."""
-        if ix is not None and len(ix) != len(fields):
-            at = ix.tolist()
-            fields = [fields[i] for i in at]
-            blobs = [blobs[i] for i in at]
+        if ix is not None and len(ix) == len(fields):
+            ix = None
         with self._lock:
             self._check()
             self._changes += 1
-            items = self._items
-            get = items.get
-            applied: list[bool] = []
-            append = applied.append
-            for f, b in zip(fields, blobs):
-                cur = get(f)
-                if cur is None or b > cur:
-                    items[f] = b
-                    append(True)
-                else:
-                    append(False)
-            return self._state(), applied
+            return self._state(), dict_write(self._items, list(fields), list(blobs), ix)
 
     def write_if_raw(self, fields: Sequence[bytes], buckets: Any, blobs: Sequence[bytes],
                      expected: Sequence[bytes], ix: Any = None) -> tuple[NodeState, list[bool]]:
         """Store each blob (at positions `ix`; None: all) only where the held version is
         exactly `expected` (its version head, codec.VERSION_HEAD bytes; b"" for absent, and
         then only above the floor)."""
-        if ix is not None and len(ix) != len(fields):
-            at = ix.tolist()
-            fields = [fields[i] for i in at]
-            blobs = [blobs[i] for i in at]
-            expected = [expected[i] for i in at]
+        if ix is not None and len(ix) == len(fields):
+            ix = None
         with self._lock:
             self._check()
             self._changes += 1
-            items = self._items
-            get = items.get
-            floor = b"%014x" % self._floor
-            cut = codec.VERSION_HEAD
-            applied: list[bool] = []
-            append = applied.append
-            for f, b, e in zip(fields, blobs, expected):
-                cur = get(f)
-                if cur is None:
-                    ok = not e and b[:14] > floor
-                else:
-                    # (the caller numbers b above e, as for the Redis script)
-                    ok = cur[:cut] == e
-                if ok:
-                    items[f] = b
-                append(ok)
-            return self._state(), applied
+            # (the caller numbers each blob above its expected version, as for the Redis script)
+            return self._state(), dict_write_if(self._items, list(fields), list(blobs),
+                                                list(expected), ix, b"%014x" % self._floor)
 
     def purge_raw(self, fields: Sequence[bytes], buckets: Any, heads: Sequence[bytes]) -> None:
         """Delete each key while it holds exactly the version `head`, raising the floor to

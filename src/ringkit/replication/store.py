@@ -26,7 +26,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ringkit._records import encode_blobs, next_counters, versions_of
+from ringkit._records import (
+    encode_blobs,
+    encode_keys,
+    heads_of,
+    merge_newest,
+    next_counters,
+    stale_of,
+    values_of,
+    versions_of,
+)
 from ringkit.errors import (
     PartialWriteError,
     QuorumError,
@@ -95,11 +104,9 @@ def _check_key(key: object) -> str:
 def _encode_keys(keys: Sequence[object]) -> list[bytes]:
     """The UTF-8 bytes of every key of a batch; a key that is not a str, or does not encode,
     is refused as _check_key refuses it."""
-    try:
-        if all(k.__class__ is str for k in keys):
-            return [k.encode() for k in keys]  # type: ignore[attr-defined]
-    except UnicodeEncodeError:
-        pass
+    fields = encode_keys(keys if keys.__class__ is list else list(keys))
+    if fields is not None:
+        return fields
     for k in keys:
         _check_key(k)
     return [k.encode() for k in keys]  # type: ignore[attr-defined]
@@ -346,10 +353,9 @@ class ReplicatedStore:
 
     def _learn_heads(self, heads: Mapping[str, bytes | None]) -> None:
         """_learn of a batch (blobs or their version heads, None for absent)."""
-        cut = _VHEAD
         with self._state:
             known = self._known
-            known.update(zip(heads, [None if b is None else b[:cut] for b in heads.values()]))
+            known.update(zip(heads, heads_of(list(heads.values()))))
             excess = len(known) - _KNOWN_MAX
             if excess > 0:
                 for key in list(itertools.islice(known, excess)):
@@ -409,7 +415,7 @@ class ReplicatedStore:
         for start in range(0, len(keys), ROUND_KEYS):
             stop = start + ROUND_KEYS
             blobs += self._read_blobs(keys[start:stop], "get_many", fields[start:stop])
-        return [None if b is None or b[_FLAG] == _TOMB else b[_BODY:] for b in blobs]
+        return values_of(blobs)
 
     def _read(self, keys: Sequence[str], action: str) -> list[Record | None]:
         return [None if b is None else codec.decode(k, b)
@@ -439,11 +445,7 @@ class ReplicatedStore:
             ix = groups[name]
             if name in out.counted:
                 counted[ix] += 1
-            for i, row in zip(ix.tolist(), rows):
-                if row is not None:
-                    cur = best[i]
-                    if cur is None or row > cur:
-                        best[i] = row
+            merge_newest(best, ix, rows if rows.__class__ is list else list(rows))
         short = np.flatnonzero(counted < self.read_quorum)
         if len(short):
             i = int(short[0])
@@ -456,13 +458,11 @@ class ReplicatedStore:
         repairs: dict[str, tuple[list[bytes], Any, list[bytes], Any]] = {}
         filled: list[bytes] | None = None
         for name, rows in out.replies.items():
-            ix = groups[name]
-            stale = [i for i, row in zip(ix.tolist(), rows)
-                     if row != best[i] and best[i] is not None]
-            if stale:
+            stale = stale_of(best, groups[name], rows if rows.__class__ is list else list(rows))
+            if len(stale):
                 if filled is None:
                     filled = [b or b"" for b in best]
-                repairs[name] = (fields, buckets, filled, np.asarray(stale, dtype=np.intp))
+                repairs[name] = (fields, buckets, filled, stale)
         if out.late:
             # The late nodes' handlers (run when their replies come) write them these.
             newest.update((f, b) for f, b in zip(fields, best) if b is not None)

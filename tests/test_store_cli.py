@@ -145,6 +145,9 @@ def test_the_progress_bar_on_a_terminal_shows_rate_and_eta() -> None:
     for done in range(0, 101, 10):
         quiet(done, 100, done)
     assert plain.getvalue().count("\n") == 2             # the first line and the last
+    idle = io.StringIO()
+    _Progress(idle, "repair", "buckets")(0, 0, 0)          # nothing to walk: no 0/0 line
+    assert idle.getvalue() == ""
 
 
 class _no_exit:

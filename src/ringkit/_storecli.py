@@ -137,6 +137,8 @@ class _Progress:
         self.drawn = False
 
     def __call__(self, done: int, total: int, keys: int | None = None) -> None:
+        if total == 0:
+            return      # nothing to walk (every bucket in sync): the report says so
         now = time.monotonic()
         if (not self.tty and self.last is not None and now - self.last < self.every
                 and done < total):

@@ -572,6 +572,7 @@ def test_jump_batches_equal_the_package() -> None:
     expected = [jump.hash(hash64("a"), 37), jump.hash(5, 37), jump.hash(hash64(b"b"), 37),
                 jump.hash(-1, 37)]
     assert placement.get_many(mixed).tolist() == expected
+    assert placement.get_many(np.array(mixed, dtype=object)).tolist() == expected
     assert [placement.get(k) for k in mixed] == [nodes[i] for i in expected]
     text = [f"k{i}" for i in range(1000)]
     assert placement.get_many(np.array(text)).tolist() == [jump.hash(hash64(k), 37)

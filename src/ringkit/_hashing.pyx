@@ -1154,6 +1154,42 @@ cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data,
     md5_lanes_flush(&lanes, algorithm, out)
     return -1
 
+cdef Py_ssize_t _hash_views(int algorithm, uint64_t seed, const uint8_t* views, Py_ssize_t n,
+                            const uint64_t* addresses, const int64_t* sizes, Py_ssize_t nbuffers,
+                            uint64_t* out) noexcept nogil:
+    """Hash Arrow string/binary views: 16 bytes each, an int32 length, then the bytes inline when
+    they fit in 12, else a 4-byte prefix, an int32 data-buffer index and an int32 offset into it.
+    Returns -1, or the first index whose view points outside its buffers."""
+    cdef Py_ssize_t i
+    cdef const uint8_t* view
+    cdef const uint8_t* data
+    cdef int32_t length, index, offset
+    cdef Md5Lanes lanes
+    cdef bint md5 = md5_lanes_take(algorithm)
+    lanes.count = 0
+    for i in range(n):
+        view = views + 16 * i
+        length = <int32_t>rk_load32(view)
+        if length < 0:
+            md5_lanes_flush(&lanes, algorithm, out)
+            return i
+        if length <= 12:
+            data = view + 4
+        else:
+            index = <int32_t>rk_load32(view + 8)
+            offset = <int32_t>rk_load32(view + 12)
+            if index < 0 or index >= nbuffers or offset < 0 \
+                    or <int64_t>offset + length > sizes[index]:
+                md5_lanes_flush(&lanes, algorithm, out)
+                return i
+            data = <const uint8_t*><size_t>addresses[index] + offset
+        if md5:
+            md5_lanes_add(&lanes, algorithm, data, <size_t>length, i, out)
+        else:
+            out[i] = _hash_inline(algorithm, data, <size_t>length, seed)
+    md5_lanes_flush(&lanes, algorithm, out)
+    return -1
+
 cdef object _UINT64 = np.dtype(np.uint64)
 cdef object _INT64 = np.dtype(np.int64)
 cdef object _INT32 = np.dtype(np.int32)
@@ -1249,22 +1285,21 @@ cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* o
     type_name = str(arr.type)
     if type_name.startswith("dictionary"):
         return _hash_arrow_chunk(arr.dictionary_decode(), algorithm, seed, out, base, argname)
-    if type_name in ("string_view", "binary_view"):
-        import pyarrow as pa
-        target = pa.large_string() if type_name == "string_view" else pa.large_binary()
-        return _hash_arrow_chunk(arr.cast(target), algorithm, seed, out, base, argname)
     if arr.null_count:
         first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
         raise ValueError(f"{argname}[{base + first}] is null; null keys cannot be hashed")
     if algorithm & FORM_STR and "binary" in type_name:
         return _hash_list([str(item) for item in arr.to_pylist()], algorithm, seed, out, n,
                           argname)
+    if type_name in ("string_view", "binary_view"):
+        return _hash_arrow_views(arr, algorithm, seed, out, base, argname)
     offset_type = _ARROW_OFFSETS.get(type_name)
     if offset_type is None:
         if arr.type.__class__.__name__ == "DataType" and type_name.startswith(("int", "uint")):
             return _hash_ndarray(arr.to_numpy(zero_copy_only=False), algorithm, seed, out, argname)
         raise TypeError(f"{argname}: unsupported pyarrow type {type_name} (use string, "
-                        f"large_string, binary, large_binary or integer arrays)")
+                        f"large_string, string_view, binary, large_binary, binary_view or "
+                        f"integer arrays)")
     if n == 0:
         return 0
     buffers = arr.buffers()
@@ -1287,6 +1322,33 @@ cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* o
             bad = _hash_offsets(algorithm, seed, data_ptr, data_len, &off64[0], n, out)
     if bad >= 0:
         raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array (offsets out of range)")
+    return 0
+
+cdef int _hash_arrow_views(object arr, int algorithm, uint64_t seed, uint64_t* out,
+                           Py_ssize_t base, str argname) except -1:
+    """A string_view or binary_view array (polars' strings), read in place: no copy of the data."""
+    cdef Py_ssize_t n = len(arr), bad = -1, nbuffers, first = arr.offset
+    cdef const uint8_t[::1] views
+    cdef const uint64_t[::1] addresses
+    cdef const int64_t[::1] sizes
+    if n == 0:
+        return 0
+    buffers = arr.buffers()
+    if len(buffers) < 2 or buffers[1] is None:
+        raise ValueError(f"{argname}: malformed pyarrow array (no views buffer)")
+    views = np.frombuffer(buffers[1], dtype=np.uint8)
+    if views.shape[0] < 16 * (first + n):
+        raise ValueError(f"{argname}: malformed pyarrow array (views buffer too short)")
+    data_buffers = buffers[2:]
+    nbuffers = len(data_buffers)
+    addresses = np.array([0 if b is None else b.address for b in data_buffers] or [0],
+                         dtype=np.uint64)
+    sizes = np.array([0 if b is None else b.size for b in data_buffers] or [0], dtype=np.int64)
+    with nogil:
+        bad = _hash_views(algorithm, seed, &views[16 * first], n, &addresses[0], &sizes[0],
+                          nbuffers, out)
+    if bad >= 0:
+        raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array (view out of range)")
     return 0
 
 cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py_ssize_t n,
@@ -1347,8 +1409,9 @@ def hash64_many(keys: Iterable[Any] | npt.ArrayLike, algorithm: str = "xxh64",
     """Hash a batch of keys to a numpy uint64 array; element i equals ``hash64(keys[i], ...)``.
 
     ``keys`` may be a list or tuple of str/bytes/int, a 1-d numpy array (integer, bool, 'S', 'U',
-    object or StringDType), or a pyarrow string/binary (large or not, sliced or chunked) array,
-    read straight from its buffers. Numeric and fixed-width arrays and pyarrow buffers are hashed
+    object or StringDType), or a pyarrow string/binary array (large, view or plain; sliced,
+    chunked or dictionary encoded), read straight from its buffers (polars' string columns,
+    exported with ``pyarrow.chunked_array(series)``, are string views read in place). Numeric and fixed-width arrays and pyarrow buffers are hashed
     with the GIL released; an array that is misaligned, byte-swapped or strided is hashed from an
     aligned copy. Masked arrays are refused (fill or compress them first).
 

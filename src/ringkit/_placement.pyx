@@ -398,6 +398,9 @@ cdef object _jump_keys(JumpState st, object batch, Py_ssize_t n, str argname):
         return _hashes(batch, n, st.algo, st.seed_value, argname)[:n]
     if isinstance(batch, (list, tuple)):
         return _jump_list(st, batch, n, argname)
+    if isinstance(batch, np.ndarray) and batch.dtype.kind == "O":
+        # Items of an object array are keys like a list's: an int is its own jump key.
+        return _jump_list(st, batch.tolist(), n, argname)
     return _hashes(batch, n, st.algo, st.seed_value, argname)[:n]
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "RingkitError",
     "EmptyRingError",
     "UnknownNodeError",
+    "ColumnNotFoundError",
     "NoAvailableNodeError",
     "QuorumError",
     "LockError",
@@ -39,6 +40,19 @@ class UnknownNodeError(RingkitError, KeyError):
     def __init__(self, node: object, message: str | None = None) -> None:
         self.node = node
         super().__init__(message or f"unknown node {node!r}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ColumnNotFoundError(RingkitError, KeyError, ValueError):
+    """A column that the data frame given to :mod:`ringkit.frame` or :mod:`ringkit.dask` does not
+    have. Both a ``KeyError`` (what pandas raises for a missing column) and a ``ValueError`` (bad
+    input)."""
+
+    def __init__(self, column: object, message: str) -> None:
+        self.column = column
+        super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])

@@ -102,6 +102,7 @@ LIBMEMCACHED_HEADER = "/usr/include/libmemcached-1.0/memcached.h"
 # The kernels' own tests: hashing, the ring (and ketama), the balancer, and the checked arrays.
 KERNEL_TESTS = [
     "tests/test_hashing.py",
+    "tests/test_hashing_views.py",
     "tests/test_ring.py",
     "tests/test_ring_threads.py",
     "tests/test_ring_state_machine.py",

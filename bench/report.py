@@ -95,6 +95,7 @@ CAPABILITIES = (
     ("Hashing", ("bench_hashing.py",)),
     ("Ring", ("bench_ring.py", "bench_scaling.py")),
     ("Placements", ("bench_compat.py",)),
+    ("Frames and Dask", ("bench_frame.py",)),
     ("Load balancing", ("bench_balancer.py",)),
     ("Locks", ("bench_lock.py",)),
     ("Replication", ("bench_replication.py",)),

@@ -11,8 +11,6 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import ringkit
 import ringkit.frame as rkframe
@@ -304,20 +302,6 @@ def test_a_ring_changing_in_another_thread_never_mixes_two_states() -> None:
 
 # -- the string-view kernel ------------------------------------------------------------------------
 
-@settings(max_examples=60, deadline=None)
-@given(keys=st.lists(st.text(max_size=40), max_size=60),
-       algorithm=st.sampled_from(ringkit.ALGORITHMS), seed=st.integers(0, 2**32),
-       start=st.integers(0, 10))
-def test_string_views_hash_like_hash64(keys: list[str], algorithm: str, seed: int,
-                                       start: int) -> None:
-    seed = seed if algorithm in ("xxh64", "murmur3") else 0     # the others take no seed
-    array = pa.array(keys, pa.string_view())[start:]
-    expected = [ringkit.hash64(k, algorithm, seed) for k in keys[start:]]
-    assert ringkit.hash64_many(array, algorithm, seed).tolist() == expected
-    binary = pa.array([k.encode() for k in keys], pa.binary_view())[start:]
-    assert ringkit.hash64_many(binary, algorithm, seed).tolist() == expected
-
-
 def test_polars_string_columns_are_hashed_in_place() -> None:
     keys = [f"a key long enough to live out of line {i}" for i in range(50_000)]
     series = pl.Series("k", keys)
@@ -327,30 +311,3 @@ def test_polars_string_columns_are_hashed_in_place() -> None:
     hashes = ringkit.hash64_many(column)
     assert pa.total_allocated_bytes() == before          # no cast, no copy of the strings
     assert hashes.tolist() == [ringkit.hash64(k) for k in keys]
-
-
-def test_string_views_over_several_data_buffers() -> None:
-    chunks = [pa.array([f"{j}-" + "x" * (13 + i) for i in range(100)], pa.string_view())
-              for j in range(3)]
-    merged = pa.concat_arrays(chunks)
-    assert len(merged.buffers()) > 3                      # variadic buffers, one per source
-    expected = [ringkit.hash64(k) for k in merged.to_pylist()]
-    assert ringkit.hash64_many(merged).tolist() == expected
-
-
-def test_malformed_string_views_raise_instead_of_reading_wild_memory() -> None:
-    data = pa.py_buffer(b"y" * 64)
-
-    def view(length: int, index: int, offset: int) -> bytes:
-        return (length.to_bytes(4, "little", signed=True) + b"yyyy"
-                + index.to_bytes(4, "little", signed=True)
-                + offset.to_bytes(4, "little", signed=True))
-
-    good = view(20, 0, 10)
-    for bad in (view(20, 1, 0), view(20, 0, 60), view(20, -1, 0), view(20, 0, -4),
-                view(-3, 0, 0)):
-        array = pa.Array.from_buffers(pa.string_view(), 2, [None, pa.py_buffer(good + bad), data])
-        with pytest.raises(ValueError, match=r"keys\[1\]: malformed pyarrow array"):
-            ringkit.hash64_many(array)
-    ok = pa.Array.from_buffers(pa.string_view(), 1, [None, pa.py_buffer(good), data])
-    assert ringkit.hash64_many(ok).tolist() == [ringkit.hash64(b"y" * 20)]

@@ -123,14 +123,11 @@ def _tag_partition(df: Any, key: Hashable, placement: Any, null_node: str | None
 
 
 def _restore_partition(df: Any, index_name: Any, column: str | None, names: list[str]) -> Any:
-    import pandas as pd
-
     codes = df.index.to_numpy()
     out = df.set_index(_INDEX)
     out.index.name = index_name
     if column is not None:
-        out[column] = pd.Categorical.from_codes(codes.astype(np.int32, copy=False),
-                                                dtype=pd.CategoricalDtype(names))
+        out[column] = frame._categorical(codes.astype(np.int32, copy=False), tuple(names))
     return out
 
 

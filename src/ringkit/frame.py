@@ -277,6 +277,17 @@ def _codes_of(placement: Any, keys: _Keys, rows: int, null_code: int,
     return codes
 
 
+def _categorical(codes: npt.NDArray[np.int32], names: tuple[str, ...]) -> Any:
+    """A pandas Categorical over `names` from codes that index them (made here: no check)."""
+    import pandas as pd
+
+    dtype = pd.CategoricalDtype(list(names))
+    try:
+        return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+    except TypeError:   # pandas before 2.1 has no validate=
+        return pd.Categorical.from_codes(codes, dtype=dtype)
+
+
 def _place_nulls(codes: npt.NDArray[np.int32], mask: npt.NDArray[np.bool_], null_code: int,
                  key: object) -> None:
     if null_code < 0:
@@ -334,10 +345,8 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
     column = _check_column_name(column, key)
     codes, names = node_codes(data, key, placement, null_node=null_node)
     if kind == _PANDAS:
-        import pandas as pd
-
         out = data.copy(deep=False)
-        out[column] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(list(names)))
+        out[column] = _categorical(codes, names)
         return out
     import pyarrow as pa
 

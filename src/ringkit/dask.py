@@ -43,7 +43,11 @@ _INDEX = "__ringkit_row_index__"
 
 
 def _collection(ddf: object) -> Any:
-    import dask.dataframe as dd
+    try:
+        import dask.dataframe as dd
+    except ImportError as exc:
+        raise ImportError(f"ringkit.dask needs dask's data frames ({exc}): pip install "
+                          f"'ringkit[dask]'") from None
 
     if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"ddf must be a dask DataFrame, got {type(ddf).__module__}."
@@ -113,8 +117,7 @@ def assign(ddf: Any, key: Hashable, placement: Any, *, column: str = "node",
                               token=f"ringkit-assign-{token}", enforce_metadata=False)
 
 
-def _tag_partition(df: Any, key: Hashable, placement: Any, null_node: str | None,
-                   index_name: Any) -> Any:
+def _tag_partition(df: Any, key: Hashable, placement: Any, null_node: str | None) -> Any:
     codes, _ = frame.node_codes(df, key, placement, null_node=null_node)
     out = df.copy(deep=False)
     out[_INDEX] = df.index
@@ -155,9 +158,8 @@ def partition_by_node(ddf: Any, key: Hashable, placement: Any, *, column: str | 
     tagged_meta = ddf._meta.copy(deep=False)
     tagged_meta[_INDEX] = ddf._meta.index
     tagged_meta[_CODE] = np.empty(0, dtype=np.int32)
-    tagged = ddf.map_partitions(_tag_partition, key, shipped, null_node, index_name,
-                                meta=tagged_meta, token=f"ringkit-tag-{token}",
-                                enforce_metadata=False)
+    tagged = ddf.map_partitions(_tag_partition, key, shipped, null_node, meta=tagged_meta,
+                                token=f"ringkit-tag-{token}", enforce_metadata=False)
     # Partition i takes the codes in [i, i + 1); the last one [n - 1, n], where no code is n.
     divisions = list(range(len(names) + 1))
     moved = tagged.set_index(_CODE, divisions=divisions, sorted=False)

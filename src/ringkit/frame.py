@@ -91,6 +91,11 @@ def _kind(data: object) -> str:
         import polars as pl
 
         if isinstance(data, pl.DataFrame):
+            try:
+                import pyarrow  # noqa: F401 - polars columns are read through Arrow
+            except ImportError:
+                raise ImportError("polars frames are read through pyarrow, which is not "
+                                  "installed: pip install 'ringkit[frame]'") from None
             return _POLARS
         if isinstance(data, pl.LazyFrame):
             raise TypeError("data is a polars LazyFrame: collect() it first, or place each "
@@ -181,10 +186,7 @@ def _pandas_keys(data: Any, key: Hashable) -> _Keys:
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         categories = _pandas_keys(pd.DataFrame({"k": dtype.categories}), "k")
-        indices = series.cat.codes.to_numpy()
-        import pyarrow as pa
-
-        return _Keys(None, None, [(categories, pa.array(indices, mask=indices < 0))])
+        return _Keys(None, None, [(categories, series.cat.codes.to_numpy())])   # -1: null
     if isinstance(dtype, pd.ArrowDtype) or (isinstance(dtype, pd.StringDtype)
                                             and dtype.storage == "pyarrow"):
         import pyarrow as pa
@@ -259,13 +261,18 @@ def _codes_of(placement: Any, keys: _Keys, rows: int, null_code: int,
                 raise ValueError(f"key column {key!r} has a null category")
             if len(owners) == 0 and len(indices):   # only nulls refer to an empty dictionary
                 owners = np.zeros(1, dtype=np.int32)
-            null = indices.null_count
-            index = indices.to_numpy(zero_copy_only=False) if not null else \
-                indices.fill_null(0).to_numpy(zero_copy_only=False)
+            nulls: npt.NDArray[np.bool_] | None
+            if isinstance(indices, np.ndarray):     # pandas' category codes, -1 for null
+                nulls = indices < 0
+                index = np.where(nulls, 0, indices) if nulls.any() else indices
+            else:                                   # pyarrow dictionary indices
+                nulls = indices.is_null().to_numpy(zero_copy_only=False) \
+                    if indices.null_count else None
+                index = (indices.fill_null(0) if indices.null_count else indices) \
+                    .to_numpy(zero_copy_only=False)
             part = owners[index]
-            if null:
-                _place_nulls(part, indices.is_null().to_numpy(zero_copy_only=False), null_code,
-                             key)
+            if nulls is not None and nulls.any():
+                _place_nulls(part, nulls, null_code, key)
             parts.append(part)
         codes = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
         return codes.astype(np.int32, copy=False)

@@ -93,6 +93,31 @@ def test_the_placement_enters_the_graph_once_and_tokenizes_deterministically() -
     assert len([k for k in dict(moved.__dask_graph__()) if "ringkit-placement-" in str(k)]) == 1
 
 
+def test_placements_tokenize_by_what_they_place() -> None:
+    from dask.base import tokenize
+
+    ring = ringkit.HashRing(NODES)
+    assert tokenize(ring) == tokenize(ringkit.HashRing(list(reversed(NODES)))) \
+        == tokenize(ring.snapshot())
+    before = tokenize(ring)
+    ring.add("shard-z")
+    assert tokenize(ring) != before
+    makers = [
+        lambda nodes: ringkit.Rendezvous(nodes),
+        lambda nodes: ringkit.JumpHash(nodes),
+        lambda nodes: ringkit.HashRing.ketama(nodes),
+        lambda nodes: compat.uhashring(nodes),
+        lambda nodes: compat.libmemcached([f"{n}:11211" for n in nodes]),
+        lambda nodes: compat.pymemcache([f"{n}:11211" for n in nodes]),
+        lambda nodes: compat.twemproxy({"servers": [f"{n}:11211:1" for n in nodes]}),
+        lambda nodes: compat.twemproxy({"servers": [f"{n}:11211:1" for n in nodes],
+                                        "distribution": "modula"}),
+    ]
+    for make in makers:
+        assert tokenize(make(NODES)) == tokenize(make(NODES))
+        assert tokenize(make(NODES)) != tokenize(make(NODES[:-1]))
+
+
 def test_bad_input_is_refused_when_the_graph_is_built() -> None:
     ring = ringkit.HashRing(NODES)
     ddf = dd.from_pandas(pd.DataFrame({"user": ["a"], "f": [1.5]}), npartitions=1, sort=False)

@@ -26,7 +26,6 @@ Needs ``pip install ringkit[dask]`` (dask[dataframe] and distributed).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Hashable
 from typing import Any
@@ -78,15 +77,18 @@ _PLACEMENT_PROBE = _Probe()
 def _shipped(placement: Any) -> tuple[Any, Any, str]:
     """The placement frozen now, as one task of the graph named by what it places, with its
     token."""
+    from dask.base import tokenize
     from dask.delayed import delayed
 
     snapshot = frame._frozen(placement)
     try:
-        state = pickle.dumps(snapshot, protocol=4)
+        pickle.dumps(snapshot, protocol=4)
     except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing here
         raise TypeError(f"placement cannot be shipped to workers: {type(snapshot).__name__} "
                         f"does not pickle ({exc})") from None
-    token = hashlib.sha256(type(snapshot).__qualname__.encode() + b"\0" + state).hexdigest()[:32]
+    # Every ringkit placement has __dask_tokenize__ (what it places); another object that
+    # offers the protocol is tokenized as Dask does, deterministically or not.
+    token = tokenize(snapshot)
     return snapshot, delayed(snapshot, name=f"ringkit-placement-{token}"), token
 
 

@@ -80,6 +80,10 @@ class JumpHash(_placement.JumpBase):
         copy._swap_state(self._placement_state)
         return copy
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the placement places (equal placements, equal tokens)."""
+        return (type(self).__module__, type(self).__qualname__, self.__reduce__()[1])
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (list(self.nodes), self.algorithm, self.seed))
 

@@ -107,6 +107,10 @@ class Rendezvous(_placement.RendezvousBase):
         copy._swap_state(self._placement_state)
         return copy
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the placement places (equal placements, equal tokens)."""
+        return (type(self).__module__, type(self).__qualname__, self.__reduce__()[1])
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (self.weights, self.algorithm, self.seed))
 

@@ -205,6 +205,11 @@ class _RingView(RingBase):
                 flows[(mine.nodes[i], theirs.nodes[j])] = c
         return Movement(moved=moved, flows=flows)
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: the placement's fingerprint, so a ring and its snapshot, or two rings
+        built alike, tokenize the same (and a changed ring differently)."""
+        return ("ringkit.HashRing", self.fingerprint())
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (JSON-ready) that :meth:`HashRing.from_dict` turns back into an equal
         ring: ``format``, ``nodes`` ({name: weight}) and ``vnodes``, ``algorithm``, ``seed``,

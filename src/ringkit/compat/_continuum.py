@@ -141,6 +141,10 @@ class ProgramRing(RingBase):
         """The program's key hash (its name for it)."""
         return self.key_hash
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the placement places (equal placements, equal tokens)."""
+        return (type(self).__module__, type(self).__qualname__, self.__reduce__()[1])
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (self._builder, self._build_args)
 

@@ -44,6 +44,10 @@ class PymemcacheRendezvous(MurmurRendezvousBase):
 
     program = "pymemcache"
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the placement places (equal placements, equal tokens)."""
+        return (type(self).__module__, type(self).__qualname__, self.__reduce__()[1])
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (pymemcache, (list(self.nodes),))
 

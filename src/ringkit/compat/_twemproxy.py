@@ -141,6 +141,10 @@ class TwemproxyModula(ModulaBase):
     key_hash: str
     _build_args: tuple[Any, ...]
 
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the placement places (equal placements, equal tokens)."""
+        return (type(self).__module__, type(self).__qualname__, self.__reduce__()[1])
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (twemproxy, self._build_args)
 

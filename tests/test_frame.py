@@ -212,7 +212,20 @@ NULL_FRAMES = [
                                            .dictionary_encode()})),
     ("polars", lambda: pl.DataFrame({"k": ["a", None, "b", None]})),
     ("polars-int", lambda: pl.DataFrame({"k": [1, None, 2, None]})),
+    ("polars-enum", lambda: pl.DataFrame({"k": pl.Series(["a", None, "b", None],
+                                                         dtype=pl.Enum(["b", "a"]))})),
 ]
+
+
+@pytest.mark.parametrize("data", [pl.DataFrame({"k": [None, None, None]}),
+                                  pa.table({"k": pa.nulls(3)}),
+                                  pd.DataFrame({"k": [None, None, None]})],
+                         ids=["polars", "pyarrow", "pandas"])
+def test_a_column_of_nulls_only(data: object) -> None:
+    ring = PLACEMENTS["ring"]
+    with pytest.raises(ValueError, match="key column 'k' has 3 null keys"):
+        rkframe.assign(data, "k", ring)
+    assert _column(rkframe.assign(data, "k", ring, null_node="cache-a")) == ["cache-a"] * 3
 
 
 @pytest.mark.parametrize(("label", "make"), NULL_FRAMES, ids=[f[0] for f in NULL_FRAMES])

@@ -158,6 +158,8 @@ def _arrow_keys(column: Any, key: object) -> _Keys:
 
     chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
     value_type = chunked.type
+    if pa.types.is_null(value_type):        # a column of nulls only (polars' Null dtype)
+        return _Keys([], np.ones(len(chunked), dtype=np.bool_))
     if pa.types.is_dictionary(value_type):
         if str(value_type.value_type) not in _ARROW_KEY_TYPES:
             raise _unsupported(key, str(value_type))
@@ -218,7 +220,7 @@ def _polars_keys(data: Any, key: object) -> _Keys:
                                        f"{_shown(data.columns)})")
     series = data.get_column(key)
     dtype = series.dtype
-    if not (dtype.is_integer() or dtype in (pl.String, pl.Binary, pl.Categorical)
+    if not (dtype.is_integer() or dtype in (pl.String, pl.Binary, pl.Categorical, pl.Null)
             or isinstance(dtype, pl.Enum)):
         raise _unsupported(key, str(dtype))
     # Through the Arrow C stream interface: polars' own buffers, its string views included.

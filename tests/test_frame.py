@@ -149,6 +149,19 @@ def test_the_node_column_is_categorical_over_the_nodes() -> None:
     assert polars.schema["node"] == pl.Categorical
 
 
+@pytest.mark.parametrize("count", [1, 256, 257, 65_536, 65_537])
+def test_node_columns_of_many_nodes(count: int) -> None:
+    """Node codes past 8 and 16 bits (polars' column is built from the narrowest indices)."""
+    jump = ringkit.JumpHash([f"n{i}" for i in range(count)])
+    keys = [f"user:{i}" for i in range(20_000)]
+    expected = _expected(jump, keys)
+    for data in (pl.DataFrame({"k": keys}), pa.table({"k": keys}), pd.DataFrame({"k": keys})):
+        out = rkframe.assign(data, "k", jump, null_node=None)
+        assert _column(out) == expected, type(data)
+    nulls = rkframe.assign(pl.DataFrame({"k": [*keys[:3], None]}), "k", jump, null_node="spare")
+    assert _column(nulls) == [*expected[:3], "spare"]
+
+
 def test_assign_leaves_its_input_alone_and_replaces_an_existing_column() -> None:
     ring = PLACEMENTS["ring"]
     data = pd.DataFrame({"k": STR_KEYS, "node": 0})

@@ -359,12 +359,17 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
         return out
     import pyarrow as pa
 
-    nodes = pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()),
-                                           pa.array(names, type=pa.string()))
     if kind == _POLARS:
         import polars as pl
 
+        # polars maps the dictionary onto its own categories; it does so in half the time from
+        # narrow indices, and the column it makes is the same whatever their width.
+        narrow = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else None
+        indices = pa.array(codes.astype(narrow) if narrow is not None else codes)
+        nodes = pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()))
         return data.with_columns(pl.from_arrow(nodes).alias(column))  # type: ignore[union-attr]
+    nodes = pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()),
+                                           pa.array(names, type=pa.string()))
     if kind == _ARROW_TABLE:
         nodes = pa.chunked_array([nodes])
     index = data.schema.get_field_index(column)

@@ -103,6 +103,7 @@ LIBMEMCACHED_HEADER = "/usr/include/libmemcached-1.0/memcached.h"
 KERNEL_TESTS = [
     "tests/test_hashing.py",
     "tests/test_hashing_views.py",
+    "tests/test_ring_blocks.py",
     "tests/test_ring.py",
     "tests/test_ring_threads.py",
     "tests/test_ring_state_machine.py",

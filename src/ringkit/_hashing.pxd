@@ -55,3 +55,25 @@ cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py
 # Normalise a batch (list, tuple, 1-d numpy array, pyarrow array; other iterables become lists) so
 # that len() works on it; raise TypeError naming `argname` for anything that is not a batch of keys.
 cdef object as_batch(object keys, str argname)
+
+# Whether writing into `out` could change keys of `keys` (a numpy or pyarrow batch) before they
+# are read.
+cdef bint out_overlaps_keys(object out, object keys) except -1
+
+
+cdef class KeyBlocks:
+    """A batch's hashes a block at a time (see _hashing.pyx): after each next() that returns
+    True, hashes[0:count] are the hashes of the keys start .. start + count - 1."""
+    cdef object batch
+    cdef object buffer
+    cdef object chunks
+    cdef int algorithm
+    cdef uint64_t seed
+    cdef str argname
+    cdef Py_ssize_t n, chunk, chunk_start
+    cdef readonly Py_ssize_t start, count
+    cdef uint64_t* hashes
+    cdef bint whole
+
+    cdef bint next(self) except -1
+    cdef int _hash_whole(self) except -1

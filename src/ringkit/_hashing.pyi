@@ -1,5 +1,5 @@
 from collections.abc import Iterable
-from typing import Any, Final, SupportsIndex
+from typing import Any, Final, SupportsIndex, final
 
 import numpy as np
 import numpy.typing as npt
@@ -32,3 +32,14 @@ def program_hash_many(
     keys: Iterable[Any] | npt.ArrayLike, algorithm: int, seed: int = 0
 ) -> npt.NDArray[np.uint64]: ...
 def md5_digests(names: list[bytes]) -> npt.NDArray[np.uint32]: ...
+
+# Internal: a batch's hashes a block at a time, for the batch lookups (cimported by _ring).
+@final
+class KeyBlocks:
+    def __new__(
+        cls, batch: object, n: int, algorithm: int, seed: int, argname: str, blocked: bool = True
+    ) -> KeyBlocks: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def count(self) -> int: ...

@@ -20,11 +20,13 @@ from ringkit._arrays cimport checked_input, checked_output, overlaps
 from ringkit._hashing cimport (
     ALGO_MD5,
     ALGO_XXH64,
+    KeyBlocks,
     as_batch,
     hash_batch,
     hash_bytes,
     hash_object,
     md5_words,
+    out_overlaps_keys,
     parse_algorithm,
     parse_seed,
 )
@@ -695,14 +697,20 @@ cdef class RingBase:
         cdef RingState st = self._nonempty()
         batch = as_batch(keys, "keys")
         cdef Py_ssize_t n = len(batch), i
-        # The keys are hashed into a fresh array before out is written: out may overlap them.
         result = checked_output(out, _INT32, (n,), "out")
-        cdef const uint64_t[::1] hashes = st.batch_hashes(batch, n, "keys")
         cdef int32_t[::1] rv = result
-        if n:
+        cdef int32_t* dst
+        cdef const uint64_t* hashes
+        # Hashed a block at a time, each looked up while its hashes are in the cache; all of
+        # them before out is written when out may overlap the keys.
+        cdef KeyBlocks blocks = KeyBlocks(batch, n, st.algo, st.seed_value, "keys",
+                                          out is None or not out_overlaps_keys(result, batch))
+        while blocks.next():
+            dst = &rv[blocks.start]
+            hashes = blocks.hashes
             with nogil:
-                for i in range(n):
-                    rv[i] = st.owners[st.find(hashes[i])]
+                for i in range(blocks.count):
+                    dst[i] = st.owners[st.find(key_position(st, hashes[i]))]
         return result
 
     def locate(self, hashes: npt.NDArray[np.uint64],

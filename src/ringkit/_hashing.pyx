@@ -1133,15 +1133,28 @@ ctypedef fused offset_t:
     int32_t
     int64_t
 
+# How far ahead the Arrow kernels ask for the memory of keys (software prefetch): measured on
+# 10 M keys of 14-15 bytes, 128 and 64 took a string-view batch from 11 to 8.4 ns a key and a
+# string batch from 7.7 to 7.1 (bench/bench_frame.py's columns); 4 to 8 times less helped less.
+cdef enum:
+    VIEWS_AHEAD = 128
+    BYTES_AHEAD = 64
+
 cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data, int64_t data_len,
                               const offset_t* offsets, Py_ssize_t n, uint64_t* out) noexcept nogil:
     """Hash arrow-layout items data[offsets[i]:offsets[i+1]]; returns -1, or the first bad index."""
     cdef Py_ssize_t i
-    cdef int64_t start = offsets[0], stop
+    cdef int64_t start = offsets[0], stop, ahead_at
     cdef Md5Lanes lanes
     cdef bint md5 = md5_lanes_take(algorithm)
     lanes.count = 0
     for i in range(n):
+        # The bytes of the key BYTES_AHEAD on are asked for now (when its offset is in range):
+        # hashing takes less time than a read from memory, and keys are short.
+        if i + BYTES_AHEAD < n:
+            ahead_at = offsets[i + BYTES_AHEAD]
+            if 0 <= ahead_at < data_len:
+                rk_prefetch(data + ahead_at)
         stop = offsets[i + 1]
         if start < 0 or stop < start or stop > data_len:
             md5_lanes_flush(&lanes, algorithm, out)
@@ -1166,8 +1179,20 @@ cdef Py_ssize_t _hash_views(int algorithm, uint64_t seed, const uint8_t* views, 
     cdef int32_t length, index, offset
     cdef Md5Lanes lanes
     cdef bint md5 = md5_lanes_take(algorithm)
+    cdef const uint8_t* ahead
     lanes.count = 0
     for i in range(n):
+        # Two streams to read (the views, and the bytes they point to): both are asked for
+        # ahead of time, the views VIEWS_AHEAD keys on and the bytes of the view BYTES_AHEAD on.
+        if i + VIEWS_AHEAD < n:
+            rk_prefetch(views + 16 * (i + VIEWS_AHEAD))
+        if i + BYTES_AHEAD < n:
+            ahead = views + 16 * (i + BYTES_AHEAD)
+            length = <int32_t>rk_load32(ahead)
+            index = <int32_t>rk_load32(ahead + 8)
+            offset = <int32_t>rk_load32(ahead + 12)
+            if length > 12 and 0 <= index < nbuffers and 0 <= offset < sizes[index]:
+                rk_prefetch(<const uint8_t*><size_t>addresses[index] + offset)
         view = views + 16 * i
         length = <int32_t>rk_load32(view)
         if length < 0:

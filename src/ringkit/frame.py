@@ -366,10 +366,12 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
         # narrow indices, and the column it makes is the same whatever their width.
         narrow = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else None
         indices = pa.array(codes.astype(narrow) if narrow is not None else codes)
-        nodes = pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()))
+        nodes = pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()),
+                                               safe=False)
         return data.with_columns(pl.from_arrow(nodes).alias(column))  # type: ignore[union-attr]
+    # safe=False: the codes index names by construction (a check would cost a pass over them).
     nodes = pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()),
-                                           pa.array(names, type=pa.string()))
+                                           pa.array(names, type=pa.string()), safe=False)
     if kind == _ARROW_TABLE:
         nodes = pa.chunked_array([nodes])
     index = data.schema.get_field_index(column)

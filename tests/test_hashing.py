@@ -504,6 +504,16 @@ def test_hypothesis_text_arrays_equal_scalar_loop(texts: list[str], case: tuple[
     ]
 
 
+@pytest.mark.parametrize("algorithm", ringkit.ALGORITHMS)
+@pytest.mark.parametrize("count", [1, 3, 4, 9])
+def test_arrow_batches_of_empty_keys_only(algorithm: str, count: int) -> None:
+    """No data buffer at all (nothing to point at): found by the sanitizers in md5's lanes."""
+    empty = hash64("", algorithm)
+    for array in (pa.array([""] * count), pa.array([b""] * count, pa.large_binary()),
+                  pa.array([""] * count, pa.string_view())):
+        assert hash64_many(array, algorithm).tolist() == [empty] * count
+
+
 @given(blobs=st.lists(st.binary(), max_size=30), case=algorithm_and_seed)
 def test_hypothesis_binary_arrays_equal_scalar_loop(
     blobs: list[bytes], case: tuple[str, int]

@@ -481,7 +481,8 @@ cdef void md5_lanes_flush(Md5Lanes* lanes, int algorithm, uint64_t* out) noexcep
     for lane in range(lanes.count):
         length = lanes.length[lane]
         if length <= MD5_ONE_BLOCK:
-            memcpy(blocks + 64 * lane, lanes.data[lane], length)
+            if length:      # an empty key may have no bytes to point at (NULL): no memcpy then
+                memcpy(blocks + 64 * lane, lanes.data[lane], length)
             blocks[64 * lane + length] = 0x80
             bits = (<uint64_t>length) << 3
             for i in range(8):

@@ -53,8 +53,10 @@ def test_threaded_scheduler_and_nulls() -> None:
     ring = ringkit.HashRing(NODES)
     data = pd.DataFrame({"user": ["a", None, "b", "c", None, "d"] * 50, "v": range(300)})
     ddf = dd.from_pandas(data, npartitions=4, sort=False)
-    with pytest.raises(ValueError, match="key column 'user' has .* null keys"):
+    with pytest.raises(ValueError, match=r"partition \d: key column 'user' has .* null keys"):
         rkdask.assign(ddf, "user", ring).compute(scheduler="threads")
+    with pytest.raises(ValueError, match=r"partition \d: key column 'user' has .* null keys"):
+        rkdask.partition_by_node(ddf, "user", ring).compute(scheduler="threads")
     out = rkdask.assign(ddf, "user", ring, null_node="parking").compute(scheduler="threads")
     assert list(out["node"]) == [ring.get(k) if not pd.isna(k) else "parking"
                                  for k in data["user"]]

@@ -92,9 +92,18 @@ def _shipped(placement: Any) -> tuple[Any, Any, str]:
     return snapshot, delayed(snapshot, name=f"ringkit-placement-{token}"), token
 
 
+def _in_partition(exc: ValueError, partition_info: dict[str, Any] | None) -> ValueError:
+    """`exc` (a null key, a bad key) saying which partition's rows it counts in."""
+    where = "" if partition_info is None else f"partition {partition_info.get('number')}: "
+    return ValueError(f"{where}{exc} (rows counted within the partition)")
+
+
 def _assign_partition(df: Any, key: Hashable, placement: Any, column: str,
-                      null_node: str | None) -> Any:
-    return frame.assign(df, key, placement, column=column, null_node=null_node)
+                      null_node: str | None, partition_info: dict[str, Any] | None = None) -> Any:
+    try:
+        return frame.assign(df, key, placement, column=column, null_node=null_node)
+    except ValueError as exc:
+        raise _in_partition(exc, partition_info) from None
 
 
 def assign(ddf: Any, key: Hashable, placement: Any, *, column: str = "node",
@@ -103,8 +112,8 @@ def assign(ddf: Any, key: Hashable, placement: Any, *, column: str = "node",
 
     The node column is categorical with the placement's nodes as its known categories (then
     ``null_node`` if it is another name), so ``value_counts``, ``groupby`` and the like know every
-    node before any partition is computed. Null keys raise ValueError at compute time unless
-    ``null_node`` says where they go. See :func:`ringkit.frame.assign` for the key types.
+    node before any partition is computed. Null keys raise ValueError at compute time (naming
+    the partition, and the row within it) unless ``null_node`` says where they go. See :func:`ringkit.frame.assign` for the key types.
     """
     import pandas as pd
 
@@ -119,8 +128,12 @@ def assign(ddf: Any, key: Hashable, placement: Any, *, column: str = "node",
                               token=f"ringkit-assign-{token}", enforce_metadata=False)
 
 
-def _tag_partition(df: Any, key: Hashable, placement: Any, null_node: str | None) -> Any:
-    codes, _ = frame.node_codes(df, key, placement, null_node=null_node)
+def _tag_partition(df: Any, key: Hashable, placement: Any, null_node: str | None,
+                   partition_info: dict[str, Any] | None = None) -> Any:
+    try:
+        codes, _ = frame.node_codes(df, key, placement, null_node=null_node)
+    except ValueError as exc:
+        raise _in_partition(exc, partition_info) from None
     out = df.copy(deep=False)
     out[_INDEX] = df.index
     out[_CODE] = codes

@@ -128,3 +128,42 @@ def test_a_snapshot_and_a_fresh_out_agree_with_the_ring() -> None:
     out = np.full(N, -1, dtype=np.int32)
     assert ring.snapshot().get_many(batch, out=out) is out  # type: ignore[attr-defined]
     assert out.tolist() == ring.get_many(batch).tolist()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("type_", [pa.string_view(), pa.string(), pa.large_binary()])
+def test_a_malformed_key_far_into_the_batch_is_named_by_its_index_in_the_batch(
+        type_: pa.DataType) -> None:
+    """A view (or offset) pointing outside its buffers, in the third block: the error names it
+    and nothing is read out of range (also run under the sanitizers)."""
+    keys = [k.encode() for k in KEYS] if pa.types.is_large_binary(type_) else KEYS
+    good = pa.array(keys, type_)
+    buffers = good.buffers()
+    bad_at = 2 * BLOCK + 11
+    if pa.types.is_string_view(type_):
+        views = np.frombuffer(buffers[1], dtype=np.int32).copy().reshape(-1, 4)
+        assert views[bad_at, 0] > 12        # out of line: length, prefix, buffer, offset
+        views[bad_at, 3] = 2**31 - 1
+        broken = pa.Array.from_buffers(type_, len(good), [None, pa.py_buffer(views.tobytes()),
+                                                          *buffers[2:]])
+        message = "view out of range"
+    else:
+        width = np.int64 if pa.types.is_large_binary(type_) else np.int32
+        offsets = np.frombuffer(buffers[1], dtype=width).copy()
+        offsets[bad_at + 1] = offsets[-1] + 1000        # past the end of the data
+        broken = pa.Array.from_buffers(type_, len(good), [None, pa.py_buffer(offsets.tobytes()),
+                                                          buffers[2]])
+        message = "offsets out of range"
+    with pytest.raises(ValueError, match=rf"keys\[{bad_at}\]: malformed pyarrow array \({message}"):
+        RINGS["xxh64"].get_many(broken)
+    with pytest.raises(ValueError, match=rf"keys\[{bad_at}\]: malformed pyarrow array \({message}"):
+        RINGS["md5 lanes"].get_many(pa.chunked_array([broken]))
+
+
+def test_views_over_dozens_of_data_buffers() -> None:
+    """pyarrow's own string_view arrays keep their bytes in 32 KiB buffers: every block reads
+    them through one lookup of the buffers."""
+    keys = [f"key number {i:012d} with a tail" for i in range(N)]
+    array = pa.array(keys, pa.string_view())
+    assert len(array.buffers()) > 50
+    ring = RINGS["murmur3 seeded"]
+    assert ring.get_many(array).tolist() == _expected(ring, keys)

@@ -67,6 +67,8 @@ cdef class KeyBlocks:
     cdef object batch
     cdef object buffer
     cdef object chunks
+    cdef object current         # the chunk's _ArrowStrings, when it has been read as one
+    cdef bint prepared
     cdef int algorithm
     cdef uint64_t seed
     cdef str argname
@@ -77,3 +79,4 @@ cdef class KeyBlocks:
 
     cdef bint next(self) except -1
     cdef int _hash_whole(self) except -1
+    cdef object _strings_of(self, object chunk)

@@ -1303,11 +1303,7 @@ _ARROW_OFFSETS = {
 cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* out,
                            Py_ssize_t base, str argname) except -1:
     cdef Py_ssize_t n = len(arr), bad = -1
-    cdef const uint8_t[::1] data
-    cdef const int32_t[::1] off32
-    cdef const int64_t[::1] off64
-    cdef const uint8_t* data_ptr = NULL
-    cdef int64_t data_len = 0
+    cdef _ArrowStrings strings
     type_name = str(arr.type)
     if type_name.startswith("dictionary"):
         return _hash_arrow_chunk(arr.dictionary_decode(), algorithm, seed, out, base, argname)
@@ -1317,65 +1313,105 @@ cdef int _hash_arrow_chunk(object arr, int algorithm, uint64_t seed, uint64_t* o
     if algorithm & FORM_STR and "binary" in type_name:
         return _hash_list([str(item) for item in arr.to_pylist()], algorithm, seed, out, n,
                           argname)
-    if type_name in ("string_view", "binary_view"):
-        return _hash_arrow_views(arr, algorithm, seed, out, base, argname)
-    offset_type = _ARROW_OFFSETS.get(type_name)
-    if offset_type is None:
-        if arr.type.__class__.__name__ == "DataType" and type_name.startswith(("int", "uint")):
-            return _hash_ndarray(arr.to_numpy(zero_copy_only=False), algorithm, seed, out, argname)
-        raise TypeError(f"{argname}: unsupported pyarrow type {type_name} (use string, "
-                        f"large_string, string_view, binary, large_binary, binary_view or "
-                        f"integer arrays)")
-    if n == 0:
+    if type_name in _ARROW_VIEWS or type_name in _ARROW_OFFSETS:
+        if n == 0:
+            return 0
+        strings = _arrow_strings(arr, type_name, argname)
+        with nogil:
+            bad = strings.hash_range(algorithm, seed, 0, n, out)
+        if bad >= 0:
+            raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array "
+                             f"({'view' if strings.views else 'offsets'} out of range)")
         return 0
+    if arr.type.__class__.__name__ == "DataType" and type_name.startswith(("int", "uint")):
+        return _hash_ndarray(arr.to_numpy(zero_copy_only=False), algorithm, seed, out, argname)
+    raise TypeError(f"{argname}: unsupported pyarrow type {type_name} (use string, "
+                    f"large_string, string_view, binary, large_binary, binary_view or "
+                    f"integer arrays)")
+
+_ARROW_VIEWS = ("string_view", "binary_view")
+
+cdef class _ArrowStrings:
+    """A pyarrow string or binary array (plain, large or view) with at least one key and no
+    nulls, its buffers looked up once: hash_range hashes any run of its keys, in place."""
+    cdef object keep            # the numpy arrays whose memory the pointers below read
+    cdef bint views
+    cdef bint wide              # int64 offsets (large_string, large_binary)
+    cdef const uint8_t* data
+    cdef int64_t data_len
+    cdef const void* offsets    # n + 1 offsets, from the array's first key on
+    cdef const uint8_t* view_at # 16 bytes a view, from the array's first key on
+    cdef const uint64_t* addresses
+    cdef const int64_t* sizes
+    cdef Py_ssize_t nbuffers
+
+    cdef Py_ssize_t hash_range(self, int algorithm, uint64_t seed, Py_ssize_t start,
+                               Py_ssize_t count, uint64_t* out) noexcept nogil:
+        """Hash keys start .. start + count - 1 into out[0:count]: -1, or the first bad index
+        (counted from start)."""
+        if self.views:
+            return _hash_views(algorithm, seed, self.view_at + 16 * start, count,
+                               self.addresses, self.sizes, self.nbuffers, out)
+        if self.wide:
+            return _hash_offsets(algorithm, seed, self.data, self.data_len,
+                                 (<const int64_t*>self.offsets) + start, count, out)
+        return _hash_offsets(algorithm, seed, self.data, self.data_len,
+                             (<const int32_t*>self.offsets) + start, count, out)
+
+
+cdef _ArrowStrings _arrow_strings(object arr, str type_name, str argname):
+    """`arr` (of type `type_name`, one of _ARROW_VIEWS or _ARROW_OFFSETS; not empty, no nulls)
+    ready for hash_range; ValueError naming `argname` when its buffers are too short."""
+    cdef _ArrowStrings strings = _ArrowStrings.__new__(_ArrowStrings)
+    cdef Py_ssize_t n = len(arr), first = arr.offset
+    cdef const uint8_t[::1] bytes_view
+    cdef const int32_t[::1] off32
+    cdef const int64_t[::1] off64
+    cdef const uint64_t[::1] addresses
+    cdef const int64_t[::1] sizes
     buffers = arr.buffers()
+    if type_name in _ARROW_VIEWS:
+        if len(buffers) < 2 or buffers[1] is None:
+            raise ValueError(f"{argname}: malformed pyarrow array (no views buffer)")
+        views = np.frombuffer(buffers[1], dtype=np.uint8)
+        if views.shape[0] < 16 * (first + n):
+            raise ValueError(f"{argname}: malformed pyarrow array (views buffer too short)")
+        data_buffers = buffers[2:]
+        address_array = np.array([0 if b is None else b.address for b in data_buffers] or [0],
+                                 dtype=np.uint64)
+        size_array = np.array([0 if b is None else b.size for b in data_buffers] or [0],
+                              dtype=np.int64)
+        bytes_view = views
+        addresses = address_array
+        sizes = size_array
+        strings.views = True
+        strings.view_at = &bytes_view[16 * first]
+        strings.addresses = &addresses[0]
+        strings.sizes = &sizes[0]
+        strings.nbuffers = len(data_buffers)
+        strings.keep = (views, address_array, size_array)
+        return strings
+    offset_type = _ARROW_OFFSETS[type_name]
+    data = None
     if buffers[2] is not None and buffers[2].size > 0:
         data = np.frombuffer(buffers[2], dtype=np.uint8)
-        data_ptr = &data[0]
-        data_len = data.shape[0]
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[arr.offset:arr.offset + n + 1]
+        bytes_view = data
+        strings.data = &bytes_view[0]
+        strings.data_len = data.shape[0]
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[first:first + n + 1]
     if offsets.shape[0] != n + 1:
         raise ValueError(f"{argname}: malformed pyarrow array (offsets buffer too short)")
     # A buffer wrapped from foreign memory may start at any byte: read an aligned copy then.
-    offsets = checked_input(offsets, _INT32 if offset_type is np.int32 else _INT64, argname)
-    if offset_type is np.int32:
-        off32 = offsets
-        with nogil:
-            bad = _hash_offsets(algorithm, seed, data_ptr, data_len, &off32[0], n, out)
-    else:
+    strings.wide = offset_type is np.int64
+    offsets = checked_input(offsets, _INT64 if strings.wide else _INT32, argname)
+    if strings.wide:
         off64 = offsets
-        with nogil:
-            bad = _hash_offsets(algorithm, seed, data_ptr, data_len, &off64[0], n, out)
-    if bad >= 0:
-        raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array (offsets out of range)")
-    return 0
-
-cdef int _hash_arrow_views(object arr, int algorithm, uint64_t seed, uint64_t* out,
-                           Py_ssize_t base, str argname) except -1:
-    """A string_view or binary_view array (polars' strings), read in place: no copy of the data."""
-    cdef Py_ssize_t n = len(arr), bad = -1, nbuffers, first = arr.offset
-    cdef const uint8_t[::1] views
-    cdef const uint64_t[::1] addresses
-    cdef const int64_t[::1] sizes
-    if n == 0:
-        return 0
-    buffers = arr.buffers()
-    if len(buffers) < 2 or buffers[1] is None:
-        raise ValueError(f"{argname}: malformed pyarrow array (no views buffer)")
-    views = np.frombuffer(buffers[1], dtype=np.uint8)
-    if views.shape[0] < 16 * (first + n):
-        raise ValueError(f"{argname}: malformed pyarrow array (views buffer too short)")
-    data_buffers = buffers[2:]
-    nbuffers = len(data_buffers)
-    addresses = np.array([0 if b is None else b.address for b in data_buffers] or [0],
-                         dtype=np.uint64)
-    sizes = np.array([0 if b is None else b.size for b in data_buffers] or [0], dtype=np.int64)
-    with nogil:
-        bad = _hash_views(algorithm, seed, &views[16 * first], n, &addresses[0], &sizes[0],
-                          nbuffers, out)
-    if bad >= 0:
-        raise ValueError(f"{argname}[{base + bad}]: malformed pyarrow array (view out of range)")
-    return 0
+        strings.offsets = &off64[0]
+    else:
+        off32 = offsets
+        strings.offsets = &off32[0]
+    strings.keep = (data, offsets)
+    return strings
 
 cdef int hash_batch(object keys, int algorithm, uint64_t seed, uint64_t* out, Py_ssize_t n,
                     str argname) except -1:
@@ -1436,6 +1472,8 @@ cdef class KeyBlocks:
         self.chunk_start = 0
         self.hashes = NULL
         self.chunks = None
+        self.current = None
+        self.prepared = False
         self.whole = True
         if blocked and n > 2 * KEY_BLOCK:
             if isinstance(batch, np.ndarray):
@@ -1450,27 +1488,38 @@ cdef class KeyBlocks:
 
     cdef bint next(self) except -1:
         """Hash the next block: False when every key has been hashed."""
-        cdef Py_ssize_t size
+        cdef Py_ssize_t size, bad
+        cdef _ArrowStrings strings
         if self.start + self.count >= self.n:
             return False
         if self.whole:
             self._hash_whole()
             return True
-        while True:     # the next slice of at most KEY_BLOCK keys, within one chunk
+        while True:     # the next run of at most KEY_BLOCK keys, within one chunk
             chunk = self.chunks[self.chunk]
             size = len(chunk) - self.chunk_start
             if size > 0:
                 break
             self.chunk += 1
             self.chunk_start = 0
+            self.prepared = False
         if size > KEY_BLOCK:
             size = KEY_BLOCK
-        if isinstance(chunk, np.ndarray):
-            part = chunk[self.chunk_start:self.chunk_start + size]
-        else:
-            part = chunk.slice(self.chunk_start, size)
         try:
-            hash_batch(part, self.algorithm, self.seed, self.hashes, size, self.argname)
+            if not self.prepared:
+                self.current = self._strings_of(chunk)
+                self.prepared = True
+            if self.current is not None:
+                strings = <_ArrowStrings>self.current
+                with nogil:
+                    bad = strings.hash_range(self.algorithm, self.seed, self.chunk_start, size,
+                                             self.hashes)
+                if bad >= 0:
+                    raise ValueError("malformed")
+            else:
+                part = chunk[self.chunk_start:self.chunk_start + size] \
+                    if isinstance(chunk, np.ndarray) else chunk.slice(self.chunk_start, size)
+                hash_batch(part, self.algorithm, self.seed, self.hashes, size, self.argname)
         except (TypeError, ValueError, OverflowError):
             self._hash_whole()      # raises the error with the key's index in the whole batch
             return True
@@ -1478,6 +1527,18 @@ cdef class KeyBlocks:
         self.count = size
         self.chunk_start += size
         return True
+
+    cdef object _strings_of(self, object chunk):
+        """A chunk of Arrow strings without nulls, its buffers looked up once for all its
+        blocks (a view array may have hundreds of data buffers); None for anything else."""
+        if isinstance(chunk, np.ndarray) or chunk.null_count:
+            return None
+        type_name = str(chunk.type)
+        if type_name not in _ARROW_VIEWS and type_name not in _ARROW_OFFSETS:
+            return None
+        if self.algorithm & FORM_STR and "binary" in type_name:
+            return None     # bytes keys hashed as str(key): item by item
+        return _arrow_strings(chunk, type_name, self.argname)
 
     cdef int _hash_whole(self) except -1:
         self.buffer = np.empty(self.n + 1, dtype=np.uint64)

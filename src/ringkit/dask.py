@@ -113,7 +113,8 @@ def assign(ddf: Any, key: Hashable, placement: Any, *, column: str = "node",
     The node column is categorical with the placement's nodes as its known categories (then
     ``null_node`` if it is another name), so ``value_counts``, ``groupby`` and the like know every
     node before any partition is computed. Null keys raise ValueError at compute time (naming
-    the partition, and the row within it) unless ``null_node`` says where they go. See :func:`ringkit.frame.assign` for the key types.
+    the partition, and the row within it) unless ``null_node`` says where they go. See
+    :func:`ringkit.frame.assign` for the key types.
     """
     import pandas as pd
 

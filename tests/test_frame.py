@@ -162,6 +162,24 @@ def test_node_columns_of_many_nodes(count: int) -> None:
     assert _column(nulls) == [*expected[:3], "spare"]
 
 
+@pytest.mark.parametrize("count", [3, 256, 257])
+def test_a_long_polars_column_looked_up_in_runs(count: int) -> None:
+    """Past 2**18 rows a ring's polars column is looked up a run at a time into narrow codes
+    (at most 256 names): every row still lands where get sends its key, across the runs."""
+    ring = ringkit.HashRing([f"n{i}" for i in range(count)], vnodes=8)
+    rows = 2**18 * 2 + 1_001
+    keys = [f"user:{i * 7919}" for i in range(rows)]
+    chunked = pl.concat([pl.DataFrame({"k": keys[:100_000]}), pl.DataFrame({"k": keys[100_000:]})],
+                        rechunk=False)
+    nodes = list(ring.nodes)
+    expected = [nodes[i] for i in ring.get_many(keys)]
+    assert expected[:50] == [ring.get(k) for k in keys[:50]]
+    for data in (pl.DataFrame({"k": keys}), chunked):
+        out = rkframe.assign(data, "k", ring)
+        assert out.get_column("node").to_list() == expected
+        assert out.schema["node"] == pl.Categorical
+
+
 def test_assign_leaves_its_input_alone_and_replaces_an_existing_column() -> None:
     ring = PLACEMENTS["ring"]
     data = pd.DataFrame({"k": STR_KEYS, "node": 0})

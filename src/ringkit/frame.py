@@ -309,6 +309,35 @@ def _place_nulls(codes: npt.NDArray[np.int32], mask: npt.NDArray[np.bool_], null
 
 # -- the public functions --------------------------------------------------------------------------
 
+# Rows looked up per call when the codes are wanted narrower than int32 (_narrow_codes).
+_NARROW_RUN = 1 << 18
+
+
+def _narrow_codes(placement: Any, keys: _Keys, rows: int, names: tuple[str, ...],
+                  key: object) -> npt.NDArray[np.uint8] | None:
+    """The codes of a plain key column as uint8, looked up a run at a time into one reused int32
+    buffer (no int32 array of every row to fill and then narrow), or None where that does not
+    apply: only a ring snapshot (frozen, so runs cannot see two states) with at most 256 names,
+    and a key column without nulls or dictionary."""
+    from ringkit.ring import RingSnapshot
+
+    if not isinstance(placement, RingSnapshot) or len(names) > 256 or keys.mask is not None \
+            or keys.chunks is not None or not hasattr(keys.batch, "slice") or rows <= _NARROW_RUN:
+        return None
+    narrow = np.empty(rows, dtype=np.uint8)
+    run = np.empty(_NARROW_RUN, dtype=np.int32)
+    for start in range(0, rows, _NARROW_RUN):
+        part = keys.batch.slice(start, _NARROW_RUN)
+        size = len(part)
+        try:
+            placement.get_many(part, out=run[:size])
+        except (TypeError, ValueError):     # the error that names the row in the whole column
+            _lookup(placement, keys.batch, key)
+            raise
+        narrow[start:start + size] = run[:size]
+    return narrow
+
+
 def node_codes(data: Any, key: Hashable, placement: Any, *,
                null_node: str | None = None) -> NodeCodes:
     """The owner of each row's key in `data`, as int32 codes into ``names`` (the placement's
@@ -321,6 +350,14 @@ def node_codes(data: Any, key: Hashable, placement: Any, *,
     >>> [names[c] for c in codes] == [ring.get("x"), ring.get("y")]
     True
     """
+    placement, keys, names, null_code = _prepared(data, key, placement, null_node)
+    codes = _codes_of(placement, keys, len(data), null_code, key)
+    return NodeCodes(codes, names)
+
+
+def _prepared(data: Any, key: Hashable, placement: Any,
+              null_node: str | None) -> tuple[Any, _Keys, tuple[str, ...], int]:
+    """The frozen placement, the key column, the node column's names and the null keys' code."""
     kind = _kind(data)
     placement = _frozen(placement)
     names, null_code = _names(tuple(placement.nodes), null_node)
@@ -330,8 +367,7 @@ def node_codes(data: Any, key: Hashable, placement: Any, *,
         keys = _polars_keys(data, key)
     else:
         keys = _arrow_table_keys(data, key)
-    codes = _codes_of(placement, keys, len(data), null_code, key)
-    return NodeCodes(codes, names)
+    return placement, keys, names, null_code
 
 
 def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
@@ -352,6 +388,8 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
     """
     kind = _kind(data)
     column = _check_column_name(column, key)
+    if kind == _POLARS:
+        return _assign_polars(data, key, placement, column, null_node)
     codes, names = node_codes(data, key, placement, null_node=null_node)
     if kind == _PANDAS:
         out = data.copy(deep=False)
@@ -359,16 +397,6 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
         return out
     import pyarrow as pa
 
-    if kind == _POLARS:
-        import polars as pl
-
-        # polars maps the dictionary onto its own categories; it does so in half the time from
-        # narrow indices, and the column it makes is the same whatever their width.
-        narrow = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else None
-        indices = pa.array(codes.astype(narrow) if narrow is not None else codes)
-        nodes = pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()),
-                                               safe=False)
-        return data.with_columns(pl.from_arrow(nodes).alias(column))  # type: ignore[union-attr]
     # safe=False: the codes index names by construction (a check would cost a pass over them).
     nodes = pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()),
                                            pa.array(names, type=pa.string()), safe=False)
@@ -378,6 +406,25 @@ def assign(data: Any, key: Hashable, placement: Any, *, column: str = "node",
     if index >= 0:
         return data.set_column(index, column, nodes)
     return data.append_column(column, nodes)
+
+
+def _assign_polars(data: Any, key: Hashable, placement: Any, column: str,
+                   null_node: str | None) -> Any:
+    import polars as pl
+    import pyarrow as pa
+
+    placement, keys, names, null_code = _prepared(data, key, placement, null_node)
+    # polars maps an Arrow dictionary onto its own categories, in half the time from narrow
+    # indices (the column it makes is the same whatever their width).
+    indices: npt.NDArray[Any] | None = _narrow_codes(placement, keys, len(data), names, key)
+    if indices is None:
+        codes = _codes_of(placement, keys, len(data), null_code, key)
+        narrow = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else None
+        indices = codes.astype(narrow) if narrow is not None else codes
+    # safe=False: the codes index names by construction (a check would cost a pass over them).
+    nodes = pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(names, type=pa.string()),
+                                           safe=False)
+    return data.with_columns(pl.from_arrow(nodes).alias(column))  # type: ignore[union-attr]
 
 
 def split(data: Any, key: Hashable, placement: Any, *,

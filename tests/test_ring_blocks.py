@@ -167,3 +167,31 @@ def test_views_over_dozens_of_data_buffers() -> None:
     assert len(array.buffers()) > 50
     ring = RINGS["murmur3 seeded"]
     assert ring.get_many(array).tolist() == _expected(ring, keys)
+
+
+def test_arrays_past_the_prefetch_size_hash_like_small_ones() -> None:
+    """Arrays of 32 MiB and more are read with prefetching, smaller ones without: the same keys
+    hash alike either way, a malformed view deep in a large array is still named and never read
+    (also run under the sanitizers)."""
+    count = 2_200_000                     # 16-byte keys: 35 MB of bytes, 35 MB of views
+    keys = [f"key:{i * 7919:012d}" for i in range(count)]
+    step = 500_000                        # arrays of their own (8 MB each): no prefetching
+    for type_ in (pa.string(), pa.string_view(), pa.large_binary()):
+        items = [k.encode() for k in keys] if type_ == pa.large_binary() else keys
+        large = pa.array(items, type_)
+        small = pa.chunked_array([pa.array(items[i:i + step], type_)
+                                  for i in range(0, count, step)])
+        for algorithm in ("xxh64", "md5"):
+            assert np.array_equal(ringkit.hash64_many(large, algorithm),
+                                  ringkit.hash64_many(small, algorithm)), (type_, algorithm)
+        ring = RINGS["xxh64"]
+        assert np.array_equal(ring.get_many(large), ring.get_many(small)), type_
+    good = pa.array(keys, pa.string_view())
+    assert good.buffers()[1].size >= 32 << 20
+    views = np.frombuffer(good.buffers()[1], dtype=np.int32).copy().reshape(-1, 4)
+    bad_at = count - 100                  # the prefetch looks 64 and 128 keys ahead of here
+    views[bad_at, 2] = 1_000_000          # a data buffer that does not exist
+    broken = pa.Array.from_buffers(pa.string_view(), count,
+                                   [None, pa.py_buffer(views.tobytes()), *good.buffers()[2:]])
+    with pytest.raises(ValueError, match=rf"keys\[{bad_at}\]: malformed pyarrow array"):
+        RINGS["xxh64"].get_many(broken)

@@ -1134,15 +1134,19 @@ ctypedef fused offset_t:
     int32_t
     int64_t
 
-# How far ahead the Arrow kernels ask for the memory of keys (software prefetch): measured on
-# 10 M keys of 14-15 bytes, 128 and 64 took a string-view batch from 11 to 8.4 ns a key and a
-# string batch from 7.7 to 7.1 (bench/bench_frame.py's columns); 4 to 8 times less helped less.
+# How far ahead the Arrow kernels ask for the memory of keys (software prefetch), in arrays of
+# at least PREFETCH_FROM bytes: measured on 10 M keys of 14-15 bytes, 128 and 64 took a
+# string-view batch from 11 to 8.4 ns a key and a string batch from 7.7 to 7.1
+# (bench/bench_frame.py's columns; 4 to 8 times less helped less), while 1 M keys, which the
+# last-level cache nearly holds, went 8% slower with it.
 cdef enum:
     VIEWS_AHEAD = 128
     BYTES_AHEAD = 64
+    PREFETCH_FROM = 32 << 20
 
 cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data, int64_t data_len,
-                              const offset_t* offsets, Py_ssize_t n, uint64_t* out) noexcept nogil:
+                              const offset_t* offsets, Py_ssize_t n, uint64_t* out,
+                              bint prefetch) noexcept nogil:
     """Hash arrow-layout items data[offsets[i]:offsets[i+1]]; returns -1, or the first bad index."""
     cdef Py_ssize_t i
     cdef int64_t start = offsets[0], stop, ahead_at
@@ -1152,7 +1156,7 @@ cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data,
     for i in range(n):
         # The bytes of the key BYTES_AHEAD on are asked for now (when its offset is in range):
         # hashing takes less time than a read from memory, and keys are short.
-        if i + BYTES_AHEAD < n:
+        if prefetch and i + BYTES_AHEAD < n:
             ahead_at = offsets[i + BYTES_AHEAD]
             if 0 <= ahead_at < data_len:
                 rk_prefetch(data + ahead_at)
@@ -1170,7 +1174,8 @@ cdef Py_ssize_t _hash_offsets(int algorithm, uint64_t seed, const uint8_t* data,
 
 cdef Py_ssize_t _hash_views(int algorithm, uint64_t seed, const uint8_t* views, Py_ssize_t n,
                             const uint64_t* addresses, const int64_t* sizes, Py_ssize_t nbuffers,
-                            uint64_t* out) noexcept nogil:
+                            uint64_t* out,
+                            bint prefetch) noexcept nogil:
     """Hash Arrow string/binary views: 16 bytes each, an int32 length, then the bytes inline when
     they fit in 12, else a 4-byte prefix, an int32 data-buffer index and an int32 offset into it.
     Returns -1, or the first index whose view points outside its buffers."""
@@ -1185,9 +1190,9 @@ cdef Py_ssize_t _hash_views(int algorithm, uint64_t seed, const uint8_t* views, 
     for i in range(n):
         # Two streams to read (the views, and the bytes they point to): both are asked for
         # ahead of time, the views VIEWS_AHEAD keys on and the bytes of the view BYTES_AHEAD on.
-        if i + VIEWS_AHEAD < n:
+        if prefetch and i + VIEWS_AHEAD < n:
             rk_prefetch(views + 16 * (i + VIEWS_AHEAD))
-        if i + BYTES_AHEAD < n:
+        if prefetch and i + BYTES_AHEAD < n:
             ahead = views + 16 * (i + BYTES_AHEAD)
             length = <int32_t>rk_load32(ahead)
             index = <int32_t>rk_load32(ahead + 8)
@@ -1344,6 +1349,7 @@ cdef class _ArrowStrings:
     cdef const uint64_t* addresses
     cdef const int64_t* sizes
     cdef Py_ssize_t nbuffers
+    cdef bint prefetch          # its buffers are too large for the cache: ask for keys ahead
 
     cdef Py_ssize_t hash_range(self, int algorithm, uint64_t seed, Py_ssize_t start,
                                Py_ssize_t count, uint64_t* out) noexcept nogil:
@@ -1351,12 +1357,14 @@ cdef class _ArrowStrings:
         (counted from start)."""
         if self.views:
             return _hash_views(algorithm, seed, self.view_at + 16 * start, count,
-                               self.addresses, self.sizes, self.nbuffers, out)
+                               self.addresses, self.sizes, self.nbuffers, out, self.prefetch)
         if self.wide:
             return _hash_offsets(algorithm, seed, self.data, self.data_len,
-                                 (<const int64_t*>self.offsets) + start, count, out)
+                                 (<const int64_t*>self.offsets) + start, count, out,
+                                 self.prefetch)
         return _hash_offsets(algorithm, seed, self.data, self.data_len,
-                             (<const int32_t*>self.offsets) + start, count, out)
+                             (<const int32_t*>self.offsets) + start, count, out,
+                             self.prefetch)
 
 
 cdef _ArrowStrings _arrow_strings(object arr, str type_name, str argname):
@@ -1389,6 +1397,7 @@ cdef _ArrowStrings _arrow_strings(object arr, str type_name, str argname):
         strings.addresses = &addresses[0]
         strings.sizes = &sizes[0]
         strings.nbuffers = len(data_buffers)
+        strings.prefetch = views.shape[0] + int(size_array.sum()) >= PREFETCH_FROM
         strings.keep = (views, address_array, size_array)
         return strings
     offset_type = _ARROW_OFFSETS[type_name]
@@ -1410,6 +1419,7 @@ cdef _ArrowStrings _arrow_strings(object arr, str type_name, str argname):
     else:
         off32 = offsets
         strings.offsets = &off32[0]
+    strings.prefetch = strings.data_len + offsets.nbytes >= PREFETCH_FROM
     strings.keep = (data, offsets)
     return strings
 

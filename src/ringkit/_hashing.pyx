@@ -1524,8 +1524,8 @@ cdef class KeyBlocks:
                 with nogil:
                     bad = strings.hash_range(self.algorithm, self.seed, self.chunk_start, size,
                                              self.hashes)
-                if bad >= 0:
-                    raise ValueError("malformed")
+                if bad >= 0:    # to the handler below: the whole batch names the bad key
+                    raise ValueError("malformed pyarrow array")
             else:
                 part = chunk[self.chunk_start:self.chunk_start + size] \
                     if isinstance(chunk, np.ndarray) else chunk.slice(self.chunk_start, size)
